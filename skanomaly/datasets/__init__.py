@@ -1,0 +1,11 @@
+"""Radiograph datasets: image/DICOM reading, loaders for public sets, synthetic phantoms."""
+
+from ._io import load_images, read_image
+from ._loaders import load_jsrt, load_pediatric_cxr
+
+__all__ = [
+    "load_images",
+    "read_image",
+    "load_jsrt",
+    "load_pediatric_cxr",
+]

@@ -1,0 +1,5 @@
+"""The anomaly detectors, one scikit-learn outlier detector per paper's system."""
+
+from ._autoencoders import CAEDetector, VAEDetector
+
+__all__ = ["CAEDetector", "VAEDetector"]

@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ..utils.validation import validate_images
+from ..utils.validation import input_ndim, validate_images
 
 
 class BaseImageTransformer(TransformerMixin, BaseEstimator):
@@ -59,7 +59,7 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         images = self._validate(X, reset=False)
         out = self._transform_images(images)
-        if np.ndim(X) == 2 and out.shape == images.shape:
+        if input_ndim(X) == 2 and out.shape == images.shape:
             return out.reshape(out.shape[0], -1)
         return out
 

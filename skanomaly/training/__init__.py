@@ -1,0 +1,1 @@
+"""Training engine: skorch nets and losses (the only place with backward()/step())."""

@@ -12,10 +12,12 @@ import math
 from numbers import Integral
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
 
 __all__ = [
     "validate_images",
+    "input_ndim",
     "reshape_flat_images",
     "check_image_size",
     "roi_mask",
@@ -29,8 +31,17 @@ def _input_name(estimator):
     return type(estimator).__name__ if estimator is not None else "the estimator"
 
 
+def input_ndim(X):
+    """Number of dimensions of array-like ``X`` (lists, DataFrames, sparse, arrays)."""
+    ndim = getattr(X, "ndim", None)
+    return int(ndim) if ndim is not None else np.asarray(X).ndim
+
+
 def _as_numeric_array(X):
     """Return ``X`` as an ndarray of numbers, with a clear error for non-numeric input."""
+    if sp.issparse(X):
+        # validate_data raises scikit-learn's standard "dense data is required" error.
+        return X, X.dtype
     if hasattr(X, "iloc") or hasattr(X, "to_numpy"):
         # DataFrames stay as they are: validate_data records their column names.
         return X, getattr(X, "dtypes", None)
@@ -48,7 +59,9 @@ def _as_numeric_array(X):
         try:
             array = array.astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise ValueError(
+            # Keep the exception type: scikit-learn's tools expect TypeError for
+            # unconvertible objects and ValueError for unparsable strings.
+            raise type(err)(
                 "Images must hold numbers (float, uint8 or uint16), but converting the "
                 f"object array to float failed: {err}"
             ) from err
@@ -144,7 +157,7 @@ def validate_images(
     images : ndarray of float32, shape (N, H, W) or (N, P, p, p)
     """
     name = _input_name(estimator)
-    ndim = np.ndim(X)
+    ndim = input_ndim(X)
     if ndim < 2:
         raise ValueError(
             f"{name} expects images of shape (n_samples, H, W) or a flattened "

@@ -1,0 +1,351 @@
+"""Autoencoder detectors of the hand X-ray paper (Davletshina et al., 2020)."""
+
+from collections import namedtuple
+from numbers import Integral, Real
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..base import BaseDeepDetector
+from ..nn.autoencoders import ConvAutoencoder, ConvVAE
+from ..training.losses import (
+    MaskedReconstructionLoss,
+    VAELoss,
+    kl_divergence,
+    masked_mean,
+    masked_topk_mean,
+    pixel_error,
+)
+from ..training.nets import ImageNet
+
+__all__ = ["CAEDetector", "VAEDetector"]
+
+_ScoreSpec = namedtuple("_ScoreSpec", "error reduction k kld")
+
+_AUGMENT = [None, StrOptions({"default", "advanced"})]
+
+
+def _parse_score(score, *, allow_kld):
+    """Turn the ``anomaly_score`` parameter into a ``_ScoreSpec``, or raise a clear error.
+
+    Strings: ``"mse"``, ``"l1"`` (and with ``allow_kld``: ``"kld"``, ``"mse+kld"``,
+    ``"l1+kld"``). Tuples: ``("topk", k)`` (squared error) or ``("topk", k, "l1")``.
+    """
+    names = ["mse", "l1"] + (["kld", "mse+kld", "l1+kld"] if allow_kld else [])
+    if isinstance(score, str) and score in names:
+        error, _, kld = score.partition("+")
+        if error == "kld":
+            return _ScoreSpec("mse", "none", None, True)
+        return _ScoreSpec(error, "mean", None, bool(kld))
+    if (
+        isinstance(score, tuple)
+        and len(score) in (2, 3)
+        and score[0] == "topk"
+        and isinstance(score[1], Integral)
+        and score[1] >= 1
+        and (len(score) == 2 or score[2] in ("mse", "l1"))
+    ):
+        return _ScoreSpec(score[2] if len(score) == 3 else "mse", "topk", int(score[1]), False)
+    options = ", ".join(repr(n) for n in names)
+    raise ValueError(
+        f"anomaly_score={score!r} is not valid: use one of {options}, ('topk', k) or "
+        "('topk', k, 'l1') with an integer k >= 1."
+    )
+
+
+def _reconstruction_anomaly(spec, x, x_hat, roi, kld_term=None):
+    """Per-pixel and per-image anomaly of a reconstruction, as ``spec`` says."""
+    pixel = pixel_error(x, x_hat, spec.error)
+    if spec.reduction == "topk":
+        image = masked_topk_mean(pixel, roi, spec.k)
+    elif spec.reduction == "mean":
+        image = masked_mean(pixel, roi)
+    else:
+        image = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+    if spec.kld:
+        image = image + kld_term
+    return pixel, image
+
+
+def _check_channels(channels, *, allow_empty):
+    if (not allow_empty and len(channels) == 0) or not all(
+        isinstance(c, Integral) and c >= 1 for c in channels
+    ):
+        need = "" if allow_empty else "a non-empty "
+        raise ValueError(f"channels must be {need}sequence of positive ints, got {channels!r}.")
+
+
+class CAEDetector(BaseDeepDetector):
+    """Convolutional autoencoder anomaly detector (hand X-ray paper, CAE).
+
+    Trained on normal images with the masked reconstruction loss (pixels outside the
+    region of interest, NaN in the input, are left out); scores images by their
+    reconstruction error over the ROI, and maps the per-pixel error.
+
+    Parameters
+    ----------
+    channels : tuple of int, default=(16, 32, 64, 128, 256, 512)
+        Width of the 3x3 stem, then of each stride-2 level (see
+        :class:`skanomaly.nn.autoencoders.ConvAutoencoder`). The default is the paper's
+        network: 512x512 input, 16x16x512 bottleneck. Images must be at least
+        ``2 ** (len(channels) - 1)`` pixels on each side; e.g. ``(8, 16, 32)`` gives a
+        small, fast model for 32-64 px images.
+    anomaly_score : str or tuple, default="mse"
+        Image score: ``"mse"`` (mean squared error over the ROI, the paper's best CAE
+        score), ``"l1"``, or ``("topk", k)``, the mean of the ``k`` largest per-pixel
+        squared errors (the paper uses ``k=200``), ``("topk", k, "l1")`` with absolute
+        errors. Per-pixel maps use the same error (squared or absolute).
+    augment : {"advanced", "default"} or None, default="advanced"
+        The paper's training augmentation ("advanced" for the CAE: flips, brightness,
+        scaling, rotation; "default": flips only).
+    lr : float, default=1e-4
+        Adam learning rate.
+    batch_size : int, default=32
+        Training and scoring batch size.
+    max_epochs : int, default=1000
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` from the training scores: a float flags that fraction of the
+        training images; ``"auto"`` flags scores more than three robust standard
+        deviations below the median training score.
+    patch_aggregation : {"max", "mean"} or ("topk", k), default="max"
+        How patch scores of patch bags become an image score.
+    image_shape : tuple of int, default=None
+        ``(H, W)`` of flattened input; ``None`` means square. One entry may be -1.
+    validation_fraction : float in (0, 1), default=None
+        Hold out this fraction of the training images for skorch's ``valid_loss``
+        (useful with ``EarlyStopping``); ``None`` trains on all of them.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling and augmentation; the same value on
+        the CPU gives the same model. Global RNG state is left untouched.
+    verbose : int, default=0
+        Print skorch's epoch log and progress bars.
+    callbacks : list of skorch callbacks, default=None
+        Added to the training net, e.g. ``EarlyStopping(monitor="train_loss")``,
+        ``Checkpoint``, ``LRScheduler``. They are copied, never mutated.
+
+    Attributes
+    ----------
+    net_ : skanomaly.training.nets.ImageNet
+        The trained skorch net; ``net_.module_`` is the autoencoder.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    image_shape_ : tuple of int
+        ``(H, W)`` of the training images (or patches).
+    history_ : skorch.history.History
+    n_iter_ : int
+        Epochs run.
+    n_features_in_ : int
+        Pixels per training image.
+
+    Examples
+    --------
+    >>> from skanomaly.datasets import make_chest_phantoms
+    >>> from skanomaly.detectors import CAEDetector
+    >>> data = make_chest_phantoms(60, image_size=32, anomaly_fraction=0.0, random_state=0)
+    >>> det = CAEDetector(channels=(4, 8), max_epochs=2, random_state=0).fit(data.images)
+    >>> det.score_samples(data.images[:3]).shape
+    (3,)
+    >>> det.anomaly_map(data.images[:3]).shape
+    (3, 32, 32)
+    """
+
+    _parameter_constraints = {
+        **BaseDeepDetector._parameter_constraints,
+        "channels": [tuple, list],
+        "anomaly_score": [str, tuple],
+        "augment": _AUGMENT,
+    }
+
+    def __init__(
+        self,
+        *,
+        channels=(16, 32, 64, 128, 256, 512),
+        anomaly_score="mse",
+        augment="advanced",
+        lr=1e-4,
+        batch_size=32,
+        max_epochs=1000,
+        contamination="auto",
+        patch_aggregation="max",
+        image_shape=None,
+        validation_fraction=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
+        self.channels = channels
+        self.anomaly_score = anomaly_score
+        self.augment = augment
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.contamination = contamination
+        self.patch_aggregation = patch_aggregation
+        self.image_shape = image_shape
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _validate_detector_params(self):
+        _check_channels(self.channels, allow_empty=False)
+        _parse_score(self.anomaly_score, allow_kld=False)
+
+    def _min_image_size(self):
+        return 2 ** (len(self.channels) - 1)
+
+    def _min_size_hint(self):
+        return (
+            "Resize the images (skanomaly.preprocessing.Resize) or use fewer levels, "
+            f"e.g. channels={tuple(self.channels[:2])}."
+        )
+
+    def _make_net(self, device):
+        return ImageNet(
+            module=ConvAutoencoder,
+            module__channels=tuple(self.channels),
+            criterion=MaskedReconstructionLoss,
+            criterion__kind="mse",
+            optimizer=torch.optim.Adam,
+            augment=self.augment,
+            **self._skorch_kwargs(device),
+        )
+
+    def _anomaly_batch(self, x, roi):
+        spec = _parse_score(self.anomaly_score, allow_kld=False)
+        return _reconstruction_anomaly(spec, x, self.net_.module_(x), roi)
+
+
+class VAEDetector(BaseDeepDetector):
+    """Convolutional variational autoencoder anomaly detector (hand X-ray paper, VAE).
+
+    Trained on normal images with the negative ELBO (masked squared error over the ROI
+    plus the KL divergence of the latent posterior from N(0, I)); scores images by the
+    KL divergence, the reconstruction error, or both, as in the paper's Table 1.
+    Scoring is deterministic: the decoder reconstructs from the posterior mean.
+
+    Parameters
+    ----------
+    channels : tuple of int, default=(8, 16, 32, 64, 128, 256, 512)
+        Width of each stride-2 level (see :class:`skanomaly.nn.autoencoders.ConvVAE`);
+        ``()`` gives a fully connected VAE. Images must be at least
+        ``2 ** len(channels)`` pixels on each side.
+    latent_dim : int, default=1024
+        Size of ``z`` (the paper's appendix table).
+    kld_weight : float, default=1.0
+        Weight of the KL term in the loss and in the ``"+kld"`` scores.
+    anomaly_score : str or tuple, default="kld"
+        ``"kld"`` (the paper's best VAE score), ``"mse"``, ``"l1"``, ``"mse+kld"``,
+        ``"l1+kld"`` (reconstruction error over the ROI plus
+        ``kld_weight * KL / n_roi_pixels``, i.e. the per-image training loss for
+        ``"mse+kld"``), ``("topk", k)`` or ``("topk", k, "l1")``. Maps are the per-pixel
+        squared error (absolute for the l1 scores).
+    augment : {"default", "advanced"} or None, default="default"
+        The paper's augmentation for the VAE ("default": flips).
+    lr : float, default=1e-4
+    batch_size : int, default=32
+    max_epochs : int, default=500
+    contamination, patch_aggregation, image_shape, validation_fraction, device, \
+random_state, verbose, callbacks
+        As in :class:`CAEDetector`.
+
+    Attributes
+    ----------
+    net_ : skanomaly.training.nets.ImageNet
+        ``net_.module_`` is the VAE.
+    offset_, image_shape_, history_, n_iter_, n_features_in_
+        As in :class:`CAEDetector`.
+
+    Examples
+    --------
+    >>> from skanomaly.datasets import make_chest_phantoms
+    >>> from skanomaly.detectors import VAEDetector
+    >>> data = make_chest_phantoms(60, image_size=32, anomaly_fraction=0.0, random_state=0)
+    >>> det = VAEDetector(channels=(4, 8), latent_dim=8, max_epochs=2, random_state=0)
+    >>> det.fit(data.images).score_samples(data.images[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        **BaseDeepDetector._parameter_constraints,
+        "channels": [tuple, list],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "kld_weight": [Interval(Real, 0, None, closed="left")],
+        "anomaly_score": [str, tuple],
+        "augment": _AUGMENT,
+    }
+
+    def __init__(
+        self,
+        *,
+        channels=(8, 16, 32, 64, 128, 256, 512),
+        latent_dim=1024,
+        kld_weight=1.0,
+        anomaly_score="kld",
+        augment="default",
+        lr=1e-4,
+        batch_size=32,
+        max_epochs=500,
+        contamination="auto",
+        patch_aggregation="max",
+        image_shape=None,
+        validation_fraction=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
+        self.channels = channels
+        self.latent_dim = latent_dim
+        self.kld_weight = kld_weight
+        self.anomaly_score = anomaly_score
+        self.augment = augment
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.contamination = contamination
+        self.patch_aggregation = patch_aggregation
+        self.image_shape = image_shape
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _validate_detector_params(self):
+        _check_channels(self.channels, allow_empty=True)
+        _parse_score(self.anomaly_score, allow_kld=True)
+
+    def _min_image_size(self):
+        return 2 ** len(self.channels)
+
+    def _min_size_hint(self):
+        return (
+            "Resize the images (skanomaly.preprocessing.Resize) or use fewer levels, "
+            f"e.g. channels={tuple(self.channels[:2])}."
+        )
+
+    def _make_net(self, device):
+        return ImageNet(
+            module=ConvVAE,
+            module__image_shape=self.image_shape_,
+            module__channels=tuple(self.channels),
+            module__latent_dim=self.latent_dim,
+            criterion=VAELoss,
+            criterion__kld_weight=self.kld_weight,
+            optimizer=torch.optim.Adam,
+            augment=self.augment,
+            **self._skorch_kwargs(device),
+        )
+
+    def _anomaly_batch(self, x, roi):
+        spec = _parse_score(self.anomaly_score, allow_kld=True)
+        x_hat, mu, log_var = self.net_.module_(x)
+        kld = kl_divergence(mu, log_var)
+        if spec.reduction != "none":
+            kld = self.kld_weight * kld / roi.flatten(1).sum(1).clamp_min(1)
+        return _reconstruction_anomaly(spec, x, x_hat, roi, kld)

@@ -1,0 +1,63 @@
+"""Batch data augmentation of the hand X-ray paper (appendix, "default" / "advanced").
+
+Runs on the training device on ``(B, 1, H, W)`` tensors with NaN outside the region
+of interest; geometric transforms move the ROI with the image. Random numbers come
+from torch's generator, which the detectors seed inside ``torch.random.fork_rng``.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["augment_batch", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("default", "advanced")
+
+
+def _flip(x, dim):
+    chosen = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(chosen[:, None, None, None], x.flip(dim), x)
+
+
+def augment_batch(x, mode):
+    """Augment a batch as the paper does.
+
+    ``"default"``: horizontal and vertical flips, each with probability 0.5.
+    ``"advanced"``: the flips, then, each with probability 0.5, brightness x U(0.8, 1.2),
+    independent x/y scaling by U(0.8, 1.2) and rotation by U(-20, 20) degrees.
+    Pixels that a transform brings in from outside the image are NaN (outside the ROI).
+    """
+    if mode is None:
+        return x
+    x = _flip(_flip(x, -1), -2)
+    if mode == "default":
+        return x
+    batch = x.shape[0]
+
+    def coin():
+        return (torch.rand(batch, device=x.device) < 0.5).to(x.dtype)
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(batch, device=x.device, dtype=x.dtype)
+
+    brightness = 1 + coin() * (uniform(0.8, 1.2) - 1)
+    x = x * brightness[:, None, None, None]
+    scale_on = coin()
+    scale_x = 1 + scale_on * (uniform(0.8, 1.2) - 1)
+    scale_y = 1 + scale_on * (uniform(0.8, 1.2) - 1)
+    angle = coin() * uniform(-20, 20) * math.pi / 180
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid maps output to input coordinates, hence the inverse scale.
+    theta = torch.stack(
+        [
+            torch.stack([cos / scale_x, -sin / scale_x, torch.zeros_like(cos)], 1),
+            torch.stack([sin / scale_y, cos / scale_y, torch.zeros_like(cos)], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    roi = (~torch.isnan(x)).to(x.dtype)
+    image = F.grid_sample(torch.nan_to_num(x), grid, align_corners=False)
+    roi = F.grid_sample(roi, grid, mode="nearest", align_corners=False)
+    return image.masked_fill(roi < 0.5, float("nan"))
