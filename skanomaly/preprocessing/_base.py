@@ -1,5 +1,13 @@
-"""Common machinery of the image transformers: validation, layout, NaN-as-ROI."""
+"""Common machinery of the image transformers: validation, layout, NaN-as-ROI.
 
+Besides :class:`BaseImageTransformer`, this module holds the small NaN-aware image
+helpers that several transformers share (Otsu thresholding inside the region of
+interest, resampling that keeps NaN out of the interpolation, nearest-ROI filling).
+"""
+
+from numbers import Integral, Real
+
+import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -19,9 +27,11 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
     """
 
     def _validate(self, X, *, reset):
-        return validate_images(
+        images = validate_images(
             self, X, reset=reset, image_shape=getattr(self, "image_shape", None)
         )
+        # OpenCV takes C-ordered 2-D slices only; a no-op for the usual input.
+        return np.ascontiguousarray(images)
 
     def fit(self, X, y=None):
         """Validate ``X`` and learn what the transformer needs (often nothing).
@@ -35,14 +45,40 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
         -------
         self
         """
+        self._fit(X)
+        return self
+
+    def _fit(self, X):
         self._validate_params()
         images = self._validate(X, reset=True)
         self.image_shape_ = images.shape[1:]
         self._fit_images(images)
-        return self
+        return images
 
     def _fit_images(self, images):
         """Hook for transformers that learn from the training images."""
+
+    def fit_transform(self, X, y=None):
+        """Fit, then transform ``X``, validating it only once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, H, W) or (n_samples, H * W)
+        y : ignored
+
+        Returns
+        -------
+        X_out : ndarray of float32
+            Same as ``fit(X).transform(X)``.
+        """
+        cls = type(self)
+        if cls.fit is not BaseImageTransformer.fit or cls.transform is not BaseImageTransformer.transform:
+            # A subclass with its own fit or transform must see both run.
+            return self.fit(X, y).transform(X)
+        # Validation copies and scans the whole array; on 1024x1024 radiographs doing
+        # it twice is a noticeable share of a fast transformer's time.
+        images = self._fit(X)
+        return self._layout_output(X, images, self._transform_images(images))
 
     def transform(self, X):
         """Transform each image; NaN (outside the region of interest) stays NaN.
@@ -58,7 +94,10 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         images = self._validate(X, reset=False)
-        out = self._transform_images(images)
+        return self._layout_output(X, images, self._transform_images(images))
+
+    @staticmethod
+    def _layout_output(X, images, out):
         if input_ndim(X) == 2 and out.shape == images.shape:
             return out.reshape(out.shape[0], -1)
         return out
@@ -66,4 +105,102 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
+        # Every transformer computes in float32 (the package's image dtype), whatever
+        # the input dtype; advertising float64 would be a promise we do not keep.
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+# ----------------------------------------------------------------------------------
+# Shared parameter checks
+# ----------------------------------------------------------------------------------
+
+
+def _check_size_pair(value, name, *, allow_minus_one=False, allow_fraction=False):
+    """Return ``(h, w)`` from an int or a pair; raise a ValueError naming ``name``."""
+    if isinstance(value, (Integral, Real)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    ok = len(pair) == 2
+    for v in pair if ok else ():
+        if isinstance(v, bool) or not isinstance(v, (Integral, Real)):
+            ok = False
+        elif float(v).is_integer():
+            ok = ok and (v >= 1 or (allow_minus_one and v == -1))
+        else:
+            ok = ok and allow_fraction and 0 < v < 1
+    if ok and allow_minus_one and pair[0] == pair[1] == -1:
+        ok = False
+    if not ok:
+        accepted = "a positive int or a pair (h, w) of positive ints"
+        if allow_fraction:
+            accepted += " or floats in (0, 1) (fractions of the image size)"
+        if allow_minus_one:
+            accepted += "; one entry may be -1 to keep the aspect ratio"
+        raise ValueError(f"{name} must be {accepted}; got {value!r}.")
+    return tuple(int(v) if float(v).is_integer() else float(v) for v in pair)
+
+
+# ----------------------------------------------------------------------------------
+# NaN-aware image helpers (one 2-D float32 image at a time: OpenCV works per image)
+# ----------------------------------------------------------------------------------
+
+
+def _roi_to_uint8(image, roi):
+    """Stretch the ROI's range to 0..255 (NaN -> 0); return ``(u8, constant)``."""
+    values = image[roi]
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(image.shape, np.uint8), True
+    scaled = (np.where(roi, image, lo) - lo) * np.float32(255.0 / (hi - lo))
+    return np.rint(scaled).astype(np.uint8), False
+
+
+def _otsu_foreground(image, roi, *, bright=True):
+    """Otsu binarisation computed from the ROI pixels only; ``None`` if constant.
+
+    OpenCV's Otsu runs on a histogram of all the pixels it is given, so it gets only
+    the ROI's pixels (as a 1-row image): NaN fill must not sway the threshold.
+    """
+    u8, constant = _roi_to_uint8(image, roi)
+    if constant:
+        return None
+    threshold, _ = cv2.threshold(
+        np.ascontiguousarray(u8[roi]).reshape(1, -1), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU
+    )
+    mask = (u8 > threshold) if bright else (u8 <= threshold)
+    return mask & roi
+
+
+def _fill_nearest(image, roi):
+    """Copy of ``image`` with every NaN replaced by the value of the nearest ROI pixel.
+
+    Local operations (CLAHE tiles, interpolation) then see a plausible continuation of
+    the ROI instead of a constant that would spike their histograms. OpenCV labels the
+    zero pixels of its input in row-major order, which is the order of ``image[roi]``.
+    """
+    _, labels = cv2.distanceTransformWithLabels(
+        (~roi).view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    return image[roi][labels - 1]
+
+
+def _resample(image, warp, *, min_coverage=0.5):
+    """Apply an OpenCV resampling ``warp(array) -> array`` to an image with NaN.
+
+    Interpolating NaN would spread it; instead the zero-filled image and its ROI mask
+    are resampled together (normalised convolution) and divided, and output pixels
+    whose resampled ROI coverage is below ``min_coverage`` become NaN. Pixels that
+    ``warp`` maps from outside the input get coverage 0, hence NaN.
+    """
+    roi = ~np.isnan(image)
+    stacked = np.dstack([np.where(roi, image, 0.0).astype(np.float32), roi.astype(np.float32)])
+    out = warp(stacked)
+    value, coverage = out[..., 0], out[..., 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = value / coverage
+    result[~(coverage >= min_coverage)] = np.nan
+    return result.astype(np.float32, copy=False)

@@ -1,0 +1,113 @@
+"""Command line: ``python -m skanomaly demo`` trains and evaluates a detector on phantoms."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _demo(args):
+    import joblib
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from .datasets import make_chest_phantoms
+    from .detectors import CAEDetector
+    from .io import save_model
+    from .metrics import anomaly_roc_auc, youden_cutoff
+    from .plotting import plot_anomaly_overlays
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = make_chest_phantoms(
+        args.n_train, image_size=args.image_size, anomaly_fraction=0.0, random_state=args.seed
+    )
+    test = make_chest_phantoms(
+        args.n_test, image_size=args.image_size, anomaly_fraction=0.5, random_state=args.seed + 1
+    )
+    print(
+        f"Training a convolutional autoencoder on {args.n_train} normal chest phantoms "
+        f"({args.image_size}x{args.image_size}), {args.epochs} epochs ..."
+    )
+    detector = CAEDetector(
+        channels=(16, 32, 64),
+        anomaly_score=("topk", args.topk),
+        augment=None,
+        lr=1e-3,
+        batch_size=32,
+        max_epochs=args.epochs,
+        random_state=args.seed,
+    )
+    start = time.perf_counter()
+    detector.fit(train.images)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = detector.score_samples(test.images)
+    score_ms = 1000 * (time.perf_counter() - start) / len(scores)
+    auc = anomaly_roc_auc(test.labels, scores)
+    predicted_abnormal = detector.predict(test.images) == -1
+    cut = youden_cutoff(test.labels, scores)
+    report = {
+        "detector": "CAEDetector",
+        "params": {k: v for k, v in detector.get_params().items() if k != "callbacks"},
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "image_size": args.image_size,
+        "roc_auc": auc,
+        "predict_sensitivity": float(predicted_abnormal[test.labels == 1].mean()),
+        "predict_specificity": float(1 - predicted_abnormal[test.labels == 0].mean()),
+        "oracle_youden_on_test": cut,
+        "train_seconds": train_seconds,
+        "score_ms_per_image": score_ms,
+    }
+    print(f"Held-back phantoms: image-level ROC AUC = {auc:.3f} ({args.n_test} images, half with a nodule)")
+    print(
+        f"predict() at offset_ (contamination='auto'): sensitivity "
+        f"{report['predict_sensitivity']:.2f}, specificity {report['predict_specificity']:.2f}"
+    )
+    print(f"Training {train_seconds:.1f} s; scoring {score_ms:.2f} ms/image")
+
+    model_path = out / "cae_phantoms.safetensors"
+    save_model(detector, model_path)
+    joblib.dump(detector, out / "cae_phantoms.joblib")
+    order = np.concatenate(
+        [np.flatnonzero(test.labels == 1)[:4], np.flatnonzero(test.labels == 0)[:4]]
+    )
+    fig = plot_anomaly_overlays(
+        test.images[order],
+        detector.anomaly_map(test.images[order]),
+        labels=test.labels[order],
+        centers=test.centers[order],
+        scores=scores[order],
+    )
+    figure_path = out / "anomaly_maps.png"
+    fig.savefig(figure_path, dpi=110)
+    (out / "demo_report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"Wrote {model_path} (safe format), {out / 'cae_phantoms.joblib'}, {figure_path}")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of ``python -m skanomaly`` and the ``skanomaly`` command."""
+    parser = argparse.ArgumentParser(prog="skanomaly", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="train a CAE on synthetic chest phantoms, print ROC AUC, write model + PNG",
+    )
+    demo.add_argument("--out", default="skanomaly-demo", help="output folder")
+    demo.add_argument("--image-size", type=int, default=64)
+    demo.add_argument("--n-train", type=int, default=400)
+    demo.add_argument("--n-test", type=int, default=200)
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--topk", type=int, default=20, help="k of the top-k error score")
+    demo.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return _demo(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Evaluation helpers for anomaly detectors (labels: 1 = abnormal, 0 = normal).
+
+The detectors' ``score_samples`` is higher for more normal images (scikit-learn's
+convention), while medical-imaging papers report ROC AUC with abnormal as the positive
+class; these helpers do the sign bookkeeping in one place.
+"""
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.utils.validation import column_or_1d
+
+__all__ = ["anomaly_roc_auc", "youden_cutoff", "roc_auc_anomaly_scorer"]
+
+
+def _check_labels(y_true):
+    y_true = column_or_1d(y_true)
+    values = set(np.unique(y_true).tolist())
+    if not values <= {0, 1} or len(values) < 2:
+        raise ValueError(
+            f"y_true must hold both labels 0 (normal) and 1 (abnormal); got {sorted(values)}."
+        )
+    return y_true.astype(int)
+
+
+def anomaly_roc_auc(y_true, normality_scores):
+    """ROC AUC of detecting abnormal images (label 1) from ``score_samples`` output.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 = abnormal, 0 = normal.
+    normality_scores : array-like of shape (n_samples,)
+        ``score_samples`` output: higher means more normal.
+
+    Returns
+    -------
+    auc : float
+
+    Examples
+    --------
+    >>> anomaly_roc_auc([0, 0, 1], [-0.1, -0.2, -0.9])
+    1.0
+    """
+    return float(roc_auc_score(_check_labels(y_true), -np.asarray(normality_scores, dtype=float)))
+
+
+def youden_cutoff(y_true, normality_scores):
+    """Operating point that maximises Youden's J = sensitivity + specificity - 1.
+
+    P-AnoGAN reports sensitivity and specificity at this cut-off. Choose it on a
+    validation split, never on the test set.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 = abnormal, 0 = normal.
+    normality_scores : array-like of shape (n_samples,)
+        ``score_samples`` output (higher = more normal).
+
+    Returns
+    -------
+    result : dict
+        ``threshold`` (flag an image when its normality score is <= threshold, i.e. use
+        it as a detector's ``offset_``-like cut: ``score - threshold <= 0``),
+        ``sensitivity``, ``specificity`` and ``youden_j``.
+
+    Examples
+    --------
+    >>> youden_cutoff([0, 0, 1, 1], [-0.1, -0.2, -0.8, -0.9])["youden_j"]
+    1.0
+    """
+    y_true = _check_labels(y_true)
+    anomaly = -np.asarray(normality_scores, dtype=float)
+    fpr, tpr, thresholds = roc_curve(y_true, anomaly)
+    best = int(np.argmax(tpr - fpr))
+    return {
+        "threshold": float(-thresholds[best]),
+        "sensitivity": float(tpr[best]),
+        "specificity": float(1.0 - fpr[best]),
+        "youden_j": float(tpr[best] - fpr[best]),
+    }
+
+
+def roc_auc_anomaly_scorer(estimator, X, y):
+    """Scorer for ``GridSearchCV(scoring=...)``: ROC AUC of abnormal (1) vs normal (0).
+
+    scikit-learn's ``"roc_auc"`` would rank ``decision_function`` with label 1 as the
+    positive class, i.e. reward detectors that call abnormal images *normal*.
+    """
+    return anomaly_roc_auc(y, estimator.score_samples(X))
