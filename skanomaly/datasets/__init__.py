@@ -2,10 +2,12 @@
 
 from ._io import load_images, read_image
 from ._loaders import load_jsrt, load_pediatric_cxr
+from ._phantoms import make_chest_phantoms
 
 __all__ = [
     "load_images",
     "read_image",
     "load_jsrt",
     "load_pediatric_cxr",
+    "make_chest_phantoms",
 ]

@@ -123,6 +123,11 @@ def _read_dicom(path, force):
     except Exception as err:
         raise ValueError(f"Could not read the DICOM file '{path}': {err}") from err
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if force and not _has_dicom_preamble(path):
+            raise ValueError(
+                f"'{path}' is not a readable DICOM file: it has neither the DICM preamble "
+                "nor pixel data. The file may be corrupt or not DICOM at all."
+            )
         raise ValueError(
             f"DICOM file '{path}' has no pixel data (no PixelData element): it is not an "
             "image (e.g. a structured report or a DICOMDIR). Leave it out of the input."
@@ -304,7 +309,8 @@ def read_image(path):
     ``1 - raw / 4095``: bone bright, like the JSRT PNG renderings.
 
     TIFF pages with ``MinIsWhite`` photometry are inverted likewise; only the first page
-    of a multi-page TIFF is read.
+    of a multi-page TIFF is read. Float data already in [0, 1] is kept; signed integer
+    or other float data has no fixed full range and is min-max scaled per image.
 
     Examples
     --------

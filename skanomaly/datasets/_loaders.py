@@ -281,7 +281,7 @@ def load_pediatric_cxr(
         normals).
     n_jobs : int or None, default=None
         Threads decoding images in parallel (see :func:`load_images`). Decoding is
-        fast: about 1.5 s for the 5216 training images on one core.
+        fast: about 2 s for the 5216 training images on one core.
 
     Returns
     -------

@@ -71,8 +71,8 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
         X_out : ndarray of float32
             Same as ``fit(X).transform(X)``.
         """
-        cls = type(self)
-        if cls.fit is not BaseImageTransformer.fit or cls.transform is not BaseImageTransformer.transform:
+        cls, base = type(self), BaseImageTransformer
+        if cls.fit is not base.fit or cls.transform is not base.transform:
             # A subclass with its own fit or transform must see both run.
             return self.fit(X, y).transform(X)
         # Validation copies and scans the whole array; on 1024x1024 radiographs doing
@@ -185,7 +185,9 @@ def _fill_nearest(image, roi):
     _, labels = cv2.distanceTransformWithLabels(
         (~roi).view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
     )
-    return image[roi][labels - 1]
+    # Label 0 never occurs; a leading pad saves subtracting 1 from every label.
+    values = np.concatenate([image[:1, :1].ravel(), image[roi]])
+    return np.take(values, labels)
 
 
 def _resample(image, warp, *, min_coverage=0.5):
