@@ -1,2 +1,23 @@
-"""skanomaly: deep unsupervised anomaly detectors for radiographs, as scikit-learn estimators."""
+"""skanomaly: deep unsupervised anomaly detectors for radiographs, as scikit-learn estimators.
+
+Subpackages: :mod:`skanomaly.detectors`, :mod:`skanomaly.preprocessing`,
+:mod:`skanomaly.datasets`; modules :mod:`skanomaly.io` (safe model files),
+:mod:`skanomaly.metrics`, :mod:`skanomaly.plotting`.
+"""
+
 __version__ = "0.1.0.dev0"
+
+from . import datasets, detectors, metrics, preprocessing  # noqa: E402
+from .detectors import CAEDetector, VAEDetector  # noqa: E402
+from .io import load_model, save_model  # noqa: E402
+
+__all__ = [
+    "CAEDetector",
+    "VAEDetector",
+    "datasets",
+    "detectors",
+    "load_model",
+    "metrics",
+    "preprocessing",
+    "save_model",
+]
