@@ -17,7 +17,7 @@ def _demo(args):
     from .datasets import make_chest_phantoms
     from .detectors import CAEDetector
     from .io import save_model
-    from .metrics import anomaly_roc_auc, youden_cutoff
+    from .metrics import anomaly_roc_auc
     from .plotting import plot_anomaly_overlays
 
     out = Path(args.out)
@@ -28,9 +28,13 @@ def _demo(args):
     test = make_chest_phantoms(
         args.n_test, image_size=args.image_size, anomaly_fraction=0.5, random_state=args.seed + 1
     )
+    # The lungs are the region of interest: NaN elsewhere keeps the body outline and
+    # the image border, which vary between patients, out of the loss and the score.
+    train_roi = np.where(train.masks, train.images, np.nan).astype(np.float32)
+    test_roi = np.where(test.masks, test.images, np.nan).astype(np.float32)
     print(
-        f"Training a convolutional autoencoder on {args.n_train} normal chest phantoms "
-        f"({args.image_size}x{args.image_size}), {args.epochs} epochs ..."
+        f"Training a convolutional autoencoder on the lungs of {args.n_train} normal chest "
+        f"phantoms ({args.image_size}x{args.image_size}), {args.epochs} epochs ..."
     )
     detector = CAEDetector(
         channels=(16, 32, 64),
@@ -42,14 +46,13 @@ def _demo(args):
         random_state=args.seed,
     )
     start = time.perf_counter()
-    detector.fit(train.images)
+    detector.fit(train_roi)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    scores = detector.score_samples(test.images)
+    scores = detector.score_samples(test_roi)
     score_ms = 1000 * (time.perf_counter() - start) / len(scores)
     auc = anomaly_roc_auc(test.labels, scores)
-    predicted_abnormal = detector.predict(test.images) == -1
-    cut = youden_cutoff(test.labels, scores)
+    predicted_abnormal = detector.predict(test_roi) == -1
     report = {
         "detector": "CAEDetector",
         "params": {k: v for k, v in detector.get_params().items() if k != "callbacks"},
@@ -59,7 +62,6 @@ def _demo(args):
         "roc_auc": auc,
         "predict_sensitivity": float(predicted_abnormal[test.labels == 1].mean()),
         "predict_specificity": float(1 - predicted_abnormal[test.labels == 0].mean()),
-        "oracle_youden_on_test": cut,
         "train_seconds": train_seconds,
         "score_ms_per_image": score_ms,
     }
@@ -78,7 +80,7 @@ def _demo(args):
     )
     fig = plot_anomaly_overlays(
         test.images[order],
-        detector.anomaly_map(test.images[order]),
+        detector.anomaly_map(test_roi[order]),
         labels=test.labels[order],
         centers=test.centers[order],
         scores=scores[order],
@@ -99,11 +101,11 @@ def main(argv=None):
         help="train a CAE on synthetic chest phantoms, print ROC AUC, write model + PNG",
     )
     demo.add_argument("--out", default="skanomaly-demo", help="output folder")
-    demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--n-train", type=int, default=400)
+    demo.add_argument("--image-size", type=int, default=32)
+    demo.add_argument("--n-train", type=int, default=300)
     demo.add_argument("--n-test", type=int, default=200)
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--topk", type=int, default=20, help="k of the top-k error score")
+    demo.add_argument("--epochs", type=int, default=12)
+    demo.add_argument("--topk", type=int, default=5, help="k of the top-k error score")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     return _demo(args)

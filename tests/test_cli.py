@@ -1,0 +1,49 @@
+"""The main job: ``python -m skanomaly demo``."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from skanomaly.cli import main
+from skanomaly.io import load_model
+
+
+def test_demo_trains_reports_and_writes_model_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--n-train", "60", "--n-test", "40", "--epochs", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "demo_report.json").read_text())
+    assert f"ROC AUC = {report['roc_auc']:.3f}" in printed
+    assert 0.0 <= report["roc_auc"] <= 1.0
+    png = (out / "anomaly_maps.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    safe = load_model(out / "cae_phantoms.safetensors")
+    pickled = joblib.load(out / "cae_phantoms.joblib")
+    X = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(safe.score_samples(X), pickled.score_samples(X))
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """.ci/run reads the line after the README's marker; make sure that line exists."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    marker = readme.index("<!-- test-command -->")
+    block = readme[marker:].split("```")[1].strip().splitlines()
+    assert block[0] == "bash" and "pytest" in block[1]
+    extracted = subprocess.run(
+        ["awk", '/<!-- test-command -->/{found=1; next} found && /^[^`]/ {print; exit}', "README.md"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert extracted == block[1]
+
+
+def test_module_entry_point_prints_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "skanomaly", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "demo" in result.stdout
