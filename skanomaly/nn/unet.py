@@ -69,6 +69,28 @@ class UNet(nn.Module):
             previous = widths[level]
         self.head = nn.Conv2d(previous, out_channels, 1)
 
+    @torch.no_grad()
+    def fuse_batchnorm(self):
+        """Fold every BatchNorm into the convolution before it, for inference.
+
+        The network computes the same function in eval mode with about a tenth fewer
+        operations; it can no longer be trained. Returns ``self``.
+        """
+        for block in [*self.down, *self.up]:
+            for i in range(0, len(block), 3):
+                conv, bn = block[i], block[i + 1]
+                if not isinstance(bn, nn.BatchNorm2d):
+                    continue
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                fused = nn.Conv2d(
+                    conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding
+                )
+                fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                block[i], block[i + 1] = fused, nn.Identity()
+        return self
+
     def forward(self, x):
         factor = 2**self.depth
         if x.shape[-2] % factor or x.shape[-1] % factor:

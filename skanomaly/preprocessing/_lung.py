@@ -38,6 +38,9 @@ _WEIGHTS = Path(__file__).parent / "weights" / "lung_unet.pt"
 MIN_IMAGE_SIZE = 32
 # A second component this much smaller than the largest one is noise, not a lung.
 _MIN_SECOND_LUNG = 0.1
+# Nor is a component under this fraction of the image: a lung field covers 5-25 % of a
+# chest radiograph.
+_MIN_LUNG_FRACTION = 0.01
 
 
 def _resolve_device(device):
@@ -61,7 +64,7 @@ def _load_segmenter(path, device):
     net = UNet(**config["architecture"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
     net.load_state_dict(state)
-    net.eval().to(device)
+    net.eval().fuse_batchnorm().to(device)
     for parameter in net.parameters():
         parameter.requires_grad_(False)
     return net, config
@@ -102,6 +105,9 @@ def network_input(images, size):
 def clean_mask(mask):
     """Keep the two largest connected components (the lungs) and fill their holes.
 
+    Components under 1 % of the image, or under a tenth of the largest one, are
+    dropped: they are noise, not lungs.
+
     Parameters
     ----------
     mask : ndarray of bool, shape (H, W)
@@ -116,17 +122,22 @@ def clean_mask(mask):
         return np.zeros(mask.shape, dtype=bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
     order = np.argsort(areas)[::-1][:2]
-    keep = [order[0]]
-    if len(order) > 1 and areas[order[1]] >= _MIN_SECOND_LUNG * areas[order[0]]:
-        keep.append(order[1])
-    lungs = np.isin(labels, np.asarray(keep) + 1)
+    floor = max(_MIN_LUNG_FRACTION * mask.size, _MIN_SECOND_LUNG * areas[order[0]])
+    keep = [k for k in order if areas[k] >= floor]
+    if not keep:
+        return np.zeros(mask.shape, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    kept[np.asarray(keep) + 1] = True
+    lungs = kept[labels]
     # A hole is a background component (4-connected) that does not touch the border;
-    # cv2 labelling is an order of magnitude faster than ndimage.binary_fill_holes.
-    _, background = cv2.connectedComponents((~lungs).astype(np.uint8), connectivity=4)
-    border = np.unique(
-        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    )
-    return lungs | ~np.isin(background, border)
+    # cv2 labelling is an order of magnitude faster than ndimage.binary_fill_holes,
+    # which matters at 1024 x 1024 and more.
+    n, background = cv2.connectedComponents((~lungs).view(np.uint8), connectivity=4)
+    outside = np.zeros(n, dtype=bool)
+    outside[background[[0, -1], :]] = True
+    outside[background[:, [0, -1]]] = True
+    outside[0] = False  # label 0: the lungs themselves
+    return ~outside[background]
 
 
 def apply_masks(images, masks):
@@ -170,6 +181,16 @@ def apply_masks(images, masks):
         )
     inside = np.broadcast_to(_as_bool_mask(masks), images.shape)
     return _masked(images, inside)
+
+
+def _as_array_like(X):
+    # Lists and array-likes that refuse NumPy's function dispatch (np.ndim, np.shape)
+    # become arrays; arrays and DataFrames pass through untouched.
+    return X if hasattr(X, "shape") else np.asarray(X)
+
+
+def _shape_of(X):
+    return _as_array_like(X).shape
 
 
 def _as_bool_mask(masks):
@@ -223,6 +244,10 @@ class LungMasker(BaseImageTransformer):
         Images per forward pass.
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` uses CUDA when available.
+    min_image_size : int, default=32
+        Images whose height or width is smaller raise a ``ValueError``: they hold too
+        little anatomy for a meaningful mask. Lower it only to run the transformer on
+        tiny arrays (scikit-learn's estimator checks do).
     image_shape : None or tuple of two ints, default=None
         How to unflatten ``(n_samples, H * W)`` input; ``None`` for square images.
 
@@ -254,6 +279,7 @@ class LungMasker(BaseImageTransformer):
         "threshold": [Interval(Real, 0, 1, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str],
+        "min_image_size": [Interval(Integral, 1, None, closed="left")],
         "image_shape": [None, tuple, list],
     }
 
@@ -266,6 +292,7 @@ class LungMasker(BaseImageTransformer):
         threshold=0.5,
         batch_size=8,
         device="auto",
+        min_image_size=MIN_IMAGE_SIZE,
         image_shape=None,
     ):
         self.output = output
@@ -274,22 +301,51 @@ class LungMasker(BaseImageTransformer):
         self.threshold = threshold
         self.batch_size = batch_size
         self.device = device
+        self.min_image_size = min_image_size
         self.image_shape = image_shape
+
+    def _validate(self, X, *, reset):
+        X = _as_array_like(X)
+        shape = X.shape
+        if len(shape) == 4 and shape[-1] in (3, 4):
+            raise ValueError(
+                f"LungMasker expects grayscale images (n_samples, H, W); got shape {shape}, "
+                "which looks like RGB(A) colour images. Convert to grayscale first, e.g. "
+                "X = X[..., :3] @ [0.299, 0.587, 0.114], or load files with "
+                "skanomaly.datasets.load_images, which converts for you."
+            )
+        return super()._validate(X, reset=reset)
+
+    def transform(self, X):
+        """Segment the lungs of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, H, W) or (n_samples, H * W)
+            Any size of at least ``min_image_size``; NaN pixels are filled with the
+            image's mean for the network and stay NaN in the masked output.
+
+        Returns
+        -------
+        X_out : ndarray of float32 (``output="masked"``) or bool (``output="mask"``)
+            Same shape as ``X``: the images with NaN outside the lungs, or the masks.
+        """
+        return super().transform(_as_array_like(X))
 
     def _fit_images(self, images):
         self._check_size(images)
 
     def _check_size(self, images):
         height, width = images.shape[1:]
-        if min(height, width) < MIN_IMAGE_SIZE:
+        if min(height, width) < self.min_image_size:
             raise ValueError(
-                f"LungMasker needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} "
-                f"pixels to see the anatomy; got {height}x{width}. Pass the radiographs "
-                "at their native resolution (or at least 64x64), or, for flattened input, "
-                "set image_shape=(H, W)."
+                f"LungMasker needs images of at least {self.min_image_size}x"
+                f"{self.min_image_size} pixels to see the anatomy; got {height}x{width}. "
+                "Pass the radiographs at their native resolution (64x64 or more), or, for "
+                "flattened input, set image_shape=(H, W)."
             )
 
-    def predict_proba(self, X):
+    def probability_map(self, X):
         """Lung probability of every pixel, before thresholding and cleaning.
 
         Parameters
@@ -306,6 +362,14 @@ class LungMasker(BaseImageTransformer):
         return self._predict_proba(images)
 
     def _predict_proba(self, images):
+        proba = np.empty(images.shape, dtype=np.float32)
+        for i, p in self._iter_proba(images):
+            proba[i] = p
+        return proba
+
+    def _iter_proba(self, images):
+        """Yield ``(index, probability map)`` per image, one network batch at a time,
+        so that large inputs never hold every full-size probability map at once."""
         import torch
 
         device = _resolve_device(self.device)
@@ -318,27 +382,26 @@ class LungMasker(BaseImageTransformer):
         net, config = _load_segmenter(os.path.abspath(path), device)
         size = int(config["input_size"])
         height, width = images.shape[1:]
-        shrink = height < size or width < size
-        proba = np.empty(images.shape, dtype=np.float32)
+        # INTER_AREA when the map shrinks to a small input, bilinear when it grows.
+        interpolation = cv2.INTER_AREA if height < size or width < size else cv2.INTER_LINEAR
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
                 batch = torch.from_numpy(network_input(chunk, size)).unsqueeze(1)
                 small = torch.sigmoid(net(batch.to(device))).squeeze(1).cpu().numpy()
+                flat = chunk.reshape(len(chunk), -1)
+                # A flat image holds no anatomy, whatever the network's prior says.
+                small[np.nanmax(flat, axis=1) - np.nanmin(flat, axis=1) < 1e-3] = 0
                 for i, p in enumerate(small, start):
                     # Resizing the probability, not the binary mask, gives sub-pixel
                     # accurate borders at the input's resolution.
-                    proba[i] = cv2.resize(
-                        p,
-                        (width, height),
-                        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
-                    )
-        return proba
+                    yield i, cv2.resize(p, (width, height), interpolation=interpolation)
 
     def _transform_images(self, images):
         self._check_size(images)
-        proba = self._predict_proba(images)
-        masks = np.stack([clean_mask(p > self.threshold) for p in proba])
+        masks = np.empty(images.shape, dtype=bool)
+        for i, p in self._iter_proba(images):
+            masks[i] = clean_mask(p > self.threshold)
         if self.output == "mask":
             return masks
         empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
@@ -354,7 +417,8 @@ class LungMasker(BaseImageTransformer):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
+        # Masks are boolean whatever the input; masked images are float32.
+        tags.transformer_tags.preserves_dtype = [] if self.output == "mask" else ["float32"]
         return tags
 
 
@@ -377,7 +441,8 @@ class MaskApplier(BaseImageTransformer):
     Attributes
     ----------
     n_features_in_ : int
-        Pixels per image seen in ``fit``.
+        Features per sample of flattened input (``2 * H * W``), or pixels per image
+        (``H * W``) of stacked input, seen in ``fit``.
     image_shape_ : tuple of int
         ``(H, W)`` of the images seen in ``fit``.
 
@@ -404,19 +469,20 @@ class MaskApplier(BaseImageTransformer):
         self.image_shape = image_shape
 
     def _validate(self, X, *, reset):
-        if np.ndim(X) == 3:
+        X = _as_array_like(X)
+        if X.ndim == 3:
             raise ValueError(
                 f"MaskApplier takes images and masks stacked as (n_samples, 2, H, W); got "
                 f"shape {np.shape(X)}. Use np.stack([images, masks], axis=1), or "
                 "apply_masks(images, masks) outside a pipeline."
             )
-        if np.ndim(X) == 2:
+        if X.ndim == 2:
             flat = validate_images(self, X, reset=reset, image_shape=(1, -1))[:, 0]
             half = flat.shape[1] // 2
             if flat.shape[1] % 2:
                 raise ValueError(
                     "Flattened input to MaskApplier holds each image's pixels followed by "
-                    f"its mask's, so an even number of features; got {flat.shape[1]}."
+                    f"its mask's, so an even number of features; got n_features={flat.shape[1]}."
                 )
             images = reshape_flat_images(flat[:, :half], self.image_shape)
             masks = reshape_flat_images(flat[:, half:], self.image_shape)
@@ -463,4 +529,4 @@ class MaskApplier(BaseImageTransformer):
         check_is_fitted(self)
         pairs = self._validate(X, reset=False)
         out = _masked(pairs[:, 0], _as_bool_mask(pairs[:, 1]))
-        return out.reshape(len(out), -1) if np.ndim(X) == 2 else out
+        return out.reshape(len(out), -1) if len(_shape_of(X)) == 2 else out
