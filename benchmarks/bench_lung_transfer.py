@@ -27,7 +27,6 @@ Writes benchmarks/results/lung_transfer.json (figures only, no pixels).
 """
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from skanomaly.datasets import read_image
+from skanomaly.metrics import dice_score
 from skanomaly.preprocessing import LungMasker
 
 HERE = Path(__file__).parent
@@ -76,17 +76,9 @@ def parse_args(argv=None):
 
 
 def holdout_names(report_path):
-    """Hold-out study ids; older reports stored ``split`` as the repr of a dict."""
+    """Hold-out study ids, as train_lung_segmenter.py recorded them."""
     report = json.loads(Path(report_path).read_text())
-    split = report["split"]
-    if isinstance(split, str):
-        split = ast.literal_eval(split)
-    return [Path(n).stem for n in split["holdout"]]
-
-
-def dice(a, b):
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    return [Path(n).stem for n in report["split"]["holdout"]]
 
 
 # ------------------------------------------------------------------ perturbations
@@ -243,7 +235,7 @@ def jsrt_transfer(jsrt_dir, names, seed):
                 reference_rows.append(mask_proxies(pred))
             if region is not None:
                 pred, t = pred[region], t[region]
-            scores[name] = dice(pred, t)
+            scores[name] = dice_score(t, pred)
         values = np.array(list(scores.values()))
         worst = min(scores, key=scores.get)
         results[label] = {

@@ -32,6 +32,7 @@ import torch
 from sklearn.pipeline import Pipeline
 
 from skanomaly.datasets import load_images
+from skanomaly.metrics import dice_score
 from skanomaly.preprocessing import CLAHE, LungMasker, PatchExtractor
 from skanomaly.preprocessing._lung import apply_masks
 
@@ -121,11 +122,6 @@ def time_step(name, run, X, repeats):
     return result
 
 
-def dice(a, b):
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
-
-
 def holdout_dice(data_dir, masker_params, report_path):
     if not report_path.is_file():
         return {"status": f"skipped: {report_path} does not exist yet (written by "
@@ -139,7 +135,7 @@ def holdout_dice(data_dir, masker_params, report_path):
         images = load_images([data_dir / "images" / f"{n}.png" for n in chunk], size=SIZE)
         predicted = masker.fit_transform(images)
         for name, pred, truth in zip(chunk, predicted, read_masks(data_dir, chunk)):
-            scores[name] = float(dice(pred, truth))
+            scores[name] = dice_score(truth, pred)
     values = np.array(list(scores.values()))
     worst = sorted(scores, key=scores.get)[:5]
     return {

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from skanomaly.metrics import dice_score
 from skanomaly.nn.unet import UNet
 from skanomaly.preprocessing._lung import LungMasker, network_input
 
@@ -190,11 +191,6 @@ def loss_fn(logits, target):
     return bce + (1 - dice).mean()
 
 
-def dice(a, b):
-    a, b = a.astype(bool), b.astype(bool)
-    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -253,7 +249,7 @@ def main(argv=None):
         image = cv2.imread(str(args.data_dir / "images" / name), cv2.IMREAD_GRAYSCALE)
         truth = cv2.imread(str(args.data_dir / "lung_masks" / name), cv2.IMREAD_GRAYSCALE) > 0
         predicted = masker.fit_transform(image[None])[0]
-        scores[name] = float(dice(predicted, truth))
+        scores[name] = dice_score(truth, predicted)
     values = np.array(list(scores.values()))
     print(f"hold-out Dice mean {values.mean():.4f} min {values.min():.4f} ({len(values)} studies)")
 

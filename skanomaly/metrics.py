@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.utils.validation import column_or_1d
 
-__all__ = ["anomaly_roc_auc", "youden_cutoff", "roc_auc_anomaly_scorer"]
+__all__ = ["anomaly_roc_auc", "youden_cutoff", "roc_auc_anomaly_scorer", "dice_score"]
 
 
 def _check_labels(y_true):
@@ -88,3 +88,40 @@ def roc_auc_anomaly_scorer(estimator, X, y):
     positive class, i.e. reward detectors that call abnormal images *normal*.
     """
     return anomaly_roc_auc(y, estimator.score_samples(X))
+
+
+def dice_score(mask_true, mask_pred):
+    """Dice overlap ``2 |A & B| / (|A| + |B|)`` of boolean masks, per image.
+
+    Parameters
+    ----------
+    mask_true, mask_pred : array-like of shape (n_pixels,), (H, W) or (n_samples, H, W)
+        Masks of the same shape; nonzero means inside. A 1-D pair is a selection of
+        pixels of one image (e.g. ``mask[region]``).
+
+    Returns
+    -------
+    dice : float, or ndarray of float64 of shape (n_samples,) for 3-D input
+        1.0 where both masks are empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.metrics import dice_score
+    >>> a = np.zeros((4, 4), bool); a[:2] = True
+    >>> b = np.zeros((4, 4), bool); b[1:3] = True
+    >>> float(dice_score(a, b))
+    0.5
+    """
+    mask_true = np.asarray(mask_true).astype(bool, copy=False)
+    mask_pred = np.asarray(mask_pred).astype(bool, copy=False)
+    if mask_true.shape != mask_pred.shape or mask_true.ndim not in (1, 2, 3):
+        raise ValueError(
+            "dice_score takes two masks of the same shape, (n_pixels,), (H, W) or "
+            f"(n_samples, H, W); got {mask_true.shape} and {mask_pred.shape}."
+        )
+    axes = (1, 2) if mask_true.ndim == 3 else None
+    overlap = np.logical_and(mask_true, mask_pred).sum(axis=axes)
+    total = mask_true.sum(axis=axes) + mask_pred.sum(axis=axes)
+    dice = np.where(total == 0, 1.0, 2.0 * overlap / np.maximum(total, 1))
+    return float(dice) if dice.ndim == 0 else dice

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from skanomaly.metrics import anomaly_roc_auc, roc_auc_anomaly_scorer, youden_cutoff
+from skanomaly.metrics import anomaly_roc_auc, dice_score, roc_auc_anomaly_scorer, youden_cutoff
 
 
 def test_auc_treats_low_normality_as_abnormal():
@@ -33,3 +33,17 @@ def test_scorer_uses_score_samples():
             return -np.asarray(X, dtype=float).ravel()
 
     assert roc_auc_anomaly_scorer(Fixed(), [[0.0], [1.0]], [0, 1]) == 1.0
+
+
+def test_dice_score_single_and_batched():
+    a = np.zeros((3, 4, 4), bool)
+    b = np.zeros((3, 4, 4), bool)
+    a[0, :2], b[0, 1:3] = True, True  # 4 shared of 8 + 8 pixels
+    a[1], b[1] = True, True  # identical
+    # image 2: both empty
+    np.testing.assert_allclose(dice_score(a, b), [0.5, 1.0, 1.0])
+    assert dice_score(a[0], b[0]) == 0.5
+    assert dice_score(a[0], ~a[0]) == 0.0
+    assert dice_score(a[0][b[0]], b[0][b[0]]) == 2 * 4 / (4 + 8)  # a pixel selection
+    with pytest.raises(ValueError, match="same shape"):
+        dice_score(a, b[:2])

@@ -362,13 +362,12 @@ def jsrt_patch_protocol(
         for start in range(0, n_studies, chunk_size):
             part = slice(start, start + chunk_size)
             masks[part] = _masks_for(images[part], None, masker, shape)
-    coverage = np.concatenate(
+    present = np.concatenate(
         [
-            extractor._roi_coverage(masks[start : start + chunk_size])
+            extractor._present_patches(masks[start : start + chunk_size])
             for start in range(0, n_studies, chunk_size)
         ]
     )
-    present = (coverage >= min_roi_fraction) & (coverage > 0)
     empty = study_ids[~present.any(axis=1)]
     if empty.size:
         raise ValueError(

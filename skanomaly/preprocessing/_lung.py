@@ -43,14 +43,6 @@ _MIN_SECOND_LUNG = 0.1
 _MIN_LUNG_FRACTION = 0.01
 
 
-def _resolve_device(device):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @functools.lru_cache(maxsize=4)
 def _load_segmenter(path, device):
     """Build the U-Net from a weights file; cached so that it loads once per process."""
@@ -187,10 +179,6 @@ def _as_array_like(X):
     # Lists and array-likes that refuse NumPy's function dispatch (np.ndim, np.shape)
     # become arrays; arrays and DataFrames pass through untouched.
     return X if hasattr(X, "shape") else np.asarray(X)
-
-
-def _shape_of(X):
-    return _as_array_like(X).shape
 
 
 def _as_bool_mask(masks):
@@ -372,7 +360,9 @@ class LungMasker(BaseImageTransformer):
         so that large inputs never hold every full-size probability map at once."""
         import torch
 
-        device = _resolve_device(self.device)
+        from ..base import resolve_device
+
+        device = resolve_device(self.device)
         path = str(self.weights if self.weights is not None else _WEIGHTS)
         if not os.path.isfile(path):
             raise ValueError(
@@ -529,4 +519,4 @@ class MaskApplier(BaseImageTransformer):
         check_is_fitted(self)
         pairs = self._validate(X, reset=False)
         out = _masked(pairs[:, 0], _as_bool_mask(pairs[:, 1]))
-        return out.reshape(len(out), -1) if len(_shape_of(X)) == 2 else out
+        return out.reshape(len(out), -1) if _as_array_like(X).ndim == 2 else out

@@ -145,8 +145,7 @@ class PatchExtractor(BaseImageTransformer):
         bags = grid.reshape(n, self.n_patches_, p, p)
         roi = ~np.isnan(images)
         if not roi.all():
-            coverage = self._roi_coverage(roi)
-            absent = coverage < self.min_roi_fraction
+            absent = ~self._present_patches(roi)
             empty = np.flatnonzero(absent.all(axis=1))
             if empty.size:
                 shown = ", ".join(map(str, empty[:10])) + (" ..." if empty.size > 10 else "")
@@ -159,6 +158,14 @@ class PatchExtractor(BaseImageTransformer):
                 )
             bags[absent] = np.nan
         return bags
+
+    def _present_patches(self, roi):
+        """Which patches are kept, ``(N, P)`` of bool, from the ROI masks ``(N, H, W)``.
+
+        A patch without a single ROI pixel is never kept, even at ``min_roi_fraction=0``.
+        """
+        coverage = self._roi_coverage(roi)
+        return (coverage >= self.min_roi_fraction) & (coverage > 0)
 
     def _roi_coverage(self, roi):
         """Share of ROI pixels in every patch, ``(N, P)``, from an integral image."""
