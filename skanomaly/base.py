@@ -2,7 +2,9 @@
 
 Validation, NaN-as-ROI handling, patch bags, batched scoring, ``offset_`` / ``predict``,
 anomaly maps, seeding, devices and persistence live here once; a detector adds its
-network, its training stage (a skorch net from :mod:`skanomaly.training`) and its score.
+networks, its training stages (skorch nets from :mod:`skanomaly.training`) and its
+score through a few private hooks (the public methods validate, the hooks work), in
+the style of imbalanced-learn. See ``docs/design.rst`` for the contract.
 """
 
 import re
@@ -13,12 +15,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch.callbacks import ProgressBar
-from skorch.dataset import ValidSplit
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 from tqdm.auto import tqdm
 
-from .utils.validation import check_image_size, input_ndim, validate_images
+from .utils.validation import check_image_size, input_ndim, read_layout, validate_images
 
 __all__ = ["BaseDeepDetector", "resolve_device"]
 
@@ -52,7 +55,7 @@ def resolve_device(device):
 
 
 def _torch_seed(random_state):
-    """A torch seed from ``random_state`` without touching numpy's global RNG."""
+    """A seed from ``random_state`` without touching numpy's global RNG."""
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0])
     if isinstance(random_state, Integral):
@@ -60,35 +63,23 @@ def _torch_seed(random_state):
     return int(random_state.randint(np.iinfo(np.int32).max))
 
 
-class _SeededTorch:
-    """Run a block with torch's global RNGs seeded, restoring them afterwards.
-
-    Module initialisation, skorch's DataLoader shuffling, dropout, VAE sampling and
-    augmentation all draw from torch's global generators. Forking them for the
-    duration of ``fit`` makes ``random_state`` reproducible and leaves the user's own
-    RNG state exactly as it was, without threading a generator through every call.
-    """
-
-    def __init__(self, seed, device):
-        devices = []
-        if str(device).startswith("cuda"):
-            devices = [torch.device(device).index or 0]
-        self._fork = torch.random.fork_rng(devices=devices)
-        self._seed = seed
-
-    def __enter__(self):
-        self._fork.__enter__()
-        torch.manual_seed(self._seed)
-
-    def __exit__(self, *exc):
-        return self._fork.__exit__(*exc)
+def _check_value_range(value_range):
+    if value_range is None or value_range == "auto":
+        return
+    ok = isinstance(value_range, (tuple, list)) and len(value_range) == 2
+    ok = ok and all(isinstance(v, Real) and not isinstance(v, bool) and np.isfinite(v) for v in value_range)
+    if not ok or value_range[0] >= value_range[1]:
+        raise ValueError(
+            f"value_range={value_range!r} is not valid: use 'auto', None, or (low, high) "
+            "with finite low < high, e.g. (0, 4095) for 12-bit data."
+        )
 
 
 class BaseDeepDetector(OutlierMixin, BaseEstimator):
     """Base class of the deep anomaly detectors (scikit-learn outlier detectors).
 
-    Subclasses set ``_net_attributes`` (the fitted skorch nets, e.g. ``("net_",)``)
-    and implement:
+    The public methods validate; private hooks do the work. A single-stage detector
+    sets ``_net_attributes`` (e.g. ``("net_",)``) and implements:
 
     * ``_min_image_size()`` -> int, the network's minimum input side;
     * ``_validate_detector_params()`` for parameters the constraint table cannot check;
@@ -96,8 +87,21 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
     * ``_anomaly_batch(x, roi)`` -> ``(pixel_anomaly (B, H, W), image_anomaly (B,))``
       for a NaN-filled batch ``x`` of shape ``(B, 1, H, W)`` on the net's device.
 
+    Multi-stage, multi-network detectors (GAN, then encoder) override as well:
+
+    * ``_fit_networks(samples, owners, y, device)``: train every stage in order and
+      return ``{stage name: skorch History}``; ``owners[i]`` is the image that
+      training sample (patch) ``i`` came from, so per-image labels or groups can
+      follow patches;
+    * ``_initialize_networks(device)``: build every net, initialised but untrained,
+      with shared modules shared (used to restore saved weights);
+    * ``_torch_modules()``: every fitted ``nn.Module`` by name, each once;
+    * ``_scoring_context()``: ``torch.inference_mode()`` by default;
+      ``torch.enable_grad()`` for a detector that searches latents when scoring;
+    * ``_offset_scores(images, y)``: the training scores ``offset_`` is set from.
+
     Everything else (the data contract, bags, ``offset_``, ``predict``, maps, batching,
-    seeding, pickling) is shared.
+    seeding, persistence) is shared.
     """
 
     _net_attributes = ("net_",)
@@ -109,6 +113,7 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "patch_aggregation": [StrOptions({"max", "mean"}), tuple],
         "image_shape": [None, tuple],
+        "value_range": [StrOptions({"auto"}), tuple, list, None],
         "validation_fraction": [None, Interval(Real, 0, 1, closed="neither")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -125,38 +130,131 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, H, W), (n_samples, H * W) or (n_samples, P, p, p)
             Normal images, NaN outside the region of interest. Bags train on every
-            present (not all-NaN) patch.
-        y : ignored
-            Present for API consistency; training is unsupervised.
+            present (not all-NaN) patch. ``(n_samples, 1, H, W)`` and
+            ``(n_samples, H, W, 1)`` are read as images with a channel axis.
+        y : None or array-like of shape (n_samples,), default=None
+            Image labels, 0 = normal, 1 = abnormal (the package's convention). The
+            detectors learn from normal images only, so a ``y`` that marks any image
+            abnormal (any label other than 0) is refused rather than trained on;
+            ``None`` or all zeros trains on every image.
 
         Returns
         -------
         self : object
         """
-        self._validate_detector_params()
-        self._check_patch_aggregation()
+        # A failed fit must leave an unfitted estimator, not a mix of old and new state.
+        self._reset_fitted()
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            self._reset_fitted()
+            raise
+
+    def _fit(self, X, y):
+        self._check_scoring_params()
         images = self._validate_input(X, reset=True)
-        samples = self._present_samples(images)
+        y = self._check_training_labels(y, images.shape[0])
+        samples, owners = self._present_samples(images)
         if samples.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 training images (or present "
                 f"patches); got {samples.shape[0]}."
             )
         self.image_shape_ = tuple(int(s) for s in samples.shape[1:])
-        check_image_size(
-            self.image_shape_,
-            self._min_image_size(),
-            hint=self._min_size_hint(),
-        )
+        check_image_size(self.image_shape_, self._min_image_size(), hint=self._min_size_hint())
         device = resolve_device(self.device)
-        with _SeededTorch(_torch_seed(self.random_state), device):
-            net = self._make_net(device)
-            net.fit(samples[:, None], None)
-        setattr(self, self._net_attributes[0], net)
-        self.history_ = net.history
-        self.n_iter_ = len(net.history)
-        self.offset_ = self._offset_from(self.score_samples(images))
+        self._seed = _torch_seed(self.random_state)
+        histories = self._fit_networks(samples, owners, y, device)
+        self.histories_ = dict(histories)
+        if len(self.histories_) == 1:
+            (self.history_,) = self.histories_.values()
+            self.n_iter_ = len(self.history_)
+        else:
+            self.n_iter_ = {stage: len(history) for stage, history in self.histories_.items()}
+        self.offset_ = self._offset_from(self._offset_scores(images, y))
         return self
+
+    def _reset_fitted(self):
+        """Forget every fitted attribute (names ending in ``_``) and private fit state."""
+        for name in list(vars(self)):
+            if (name.endswith("_") and not name.startswith("__")) or name == "_seed":
+                delattr(self, name)
+
+    def __sklearn_is_fitted__(self):
+        # offset_ is set last, after every network trained.
+        return hasattr(self, "offset_")
+
+    def _check_training_labels(self, y, n_images):
+        """Refuse labels that mark abnormal images; return ``y`` as an array or None."""
+        if y is None:
+            return None
+        y = column_or_1d(y, warn=True)
+        if y.shape[0] != n_images:
+            raise ValueError(f"y has {y.shape[0]} labels but X has {n_images} images.")
+        if y.dtype.kind not in "biuf":
+            raise ValueError(
+                f"y must hold numeric image labels (0 = normal, 1 = abnormal); got dtype {y.dtype}."
+            )
+        abnormal = np.flatnonzero(np.asarray(y != 0))
+        if abnormal.size:
+            shown = ", ".join(map(str, abnormal[:10])) + (" ..." if abnormal.size > 10 else "")
+            raise ValueError(
+                f"{type(self).__name__} learns normal anatomy from normal images only, but "
+                f"y marks {abnormal.size} of the {n_images} images as abnormal (label != 0; "
+                f"indices {shown}). Fit on the normal images alone, detector.fit(X[y == 0]); "
+                "in cross-validation use training folds of normal images only, e.g. "
+                "cv=[(train[y[train] == 0], test) for train, test in splitter.split(X, y)], "
+                "and refit on the normal images (a GridSearchCV with refit=True refits on "
+                "all of X)."
+            )
+        return y
+
+    def _fit_networks(self, samples, owners, y, device):
+        """Train the networks on ``samples`` ``(M, H, W)``; return ``{stage: History}``.
+
+        The default trains the single net of ``_net_attributes`` (``_make_net``). With
+        ``validation_fraction``, whole images (all patches of an image, via
+        ``owners``) are held out, so no image is in both the training and the
+        validation split.
+        """
+        train, valid = self._split_by_image(samples, owners)
+        net = self._make_net(device)
+        if valid is not None:
+            net.set_params(train_split=predefined_split(Dataset(valid[:, None], None)))
+        net.fit(train[:, None], None)
+        # The predefined split holds a copy of the validation patches: drop it so the
+        # fitted detector does not carry (and pickle) them.
+        net.train_split = None
+        attribute = self._net_attributes[0]
+        setattr(self, attribute, net)
+        return {attribute.rstrip("_"): net.history}
+
+    def _split_by_image(self, samples, owners):
+        """``(train, validation)`` samples with every image on one side only."""
+        if self.validation_fraction is None:
+            return samples, None
+        images = np.unique(owners)
+        n_valid = int(round(self.validation_fraction * images.size))
+        if images.size < 2 or not 1 <= n_valid < images.size:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no image on one side "
+                f"of the split of {images.size} training images; use a fraction between "
+                f"{1 / max(images.size, 1):.3g} and {1 - 1 / max(images.size, 1):.3g}, or "
+                "validation_fraction=None."
+            )
+        rng = np.random.default_rng(self._seed)
+        held_out = np.isin(owners, rng.permutation(images)[:n_valid])
+        return samples[~held_out], samples[held_out]
+
+    def _initialize_networks(self, device):
+        """Build every net, initialised and untrained, as fitted attributes."""
+        net = self._make_net(device)
+        net.initialize()
+        setattr(self, self._net_attributes[0], net)
+
+    def _offset_scores(self, images, y):
+        """The scores ``offset_`` is set from: every training image by default."""
+        return self._score_images(images)
 
     def _offset_from(self, train_scores):
         """Threshold on ``score_samples`` that ``predict`` uses.
@@ -177,26 +275,28 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         callbacks = [(f"user_{i}", _clone_callback(cb)) for i, cb in enumerate(self.callbacks or [])]
         if self.verbose:
             callbacks.append(("progress_bar", ProgressBar()))
-        if self.validation_fraction is None:
-            train_split = None
-        else:
-            train_split = ValidSplit(
-                self.validation_fraction, stratified=False, random_state=_torch_seed(self.random_state) % (2**32)
-            )
         return dict(
             lr=self.lr,
             batch_size=self.batch_size,
             max_epochs=self.max_epochs,
             device=device,
-            train_split=train_split,
+            train_split=None,
             callbacks=callbacks,
             iterator_train__shuffle=True,
             verbose=int(self.verbose),
+            random_seed=getattr(self, "_seed", 0),
         )
 
     # ---------------------------------------------------------------- validation
     def _validate_detector_params(self):
         """Hook for checks the constraint table cannot express."""
+
+    def _check_scoring_params(self):
+        """Validate every parameter; scoring re-checks those ``set_params`` may change."""
+        self._validate_params()
+        _check_value_range(self.value_range)
+        self._validate_detector_params()
+        self._check_patch_aggregation()
 
     def _min_image_size(self):
         return 1
@@ -208,7 +308,13 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         agg = self.patch_aggregation
         if isinstance(agg, str):
             return
-        if len(agg) == 2 and agg[0] == "topk" and isinstance(agg[1], Integral) and agg[1] >= 1:
+        if (
+            len(agg) == 2
+            and agg[0] == "topk"
+            and isinstance(agg[1], Integral)
+            and not isinstance(agg[1], bool)
+            and agg[1] >= 1
+        ):
             return
         raise ValueError(
             f"patch_aggregation={agg!r} is not valid: use 'max', 'mean' or ('topk', k) "
@@ -223,6 +329,7 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             image_shape=self.image_shape,
             allow_bags=True,
             ensure_min_samples=1 if input_ndim(X) == 4 else (2 if reset else 1),
+            value_range=self.value_range,
         )
         if not reset:
             size = tuple(images.shape[-2:])
@@ -238,37 +345,76 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
 
     @staticmethod
     def _present_samples(images):
-        """The images, or for bags the patches that are not entirely NaN."""
+        """The training samples ``(M, H, W)`` and the image each came from ``(M,)``.
+
+        Images are their own samples; bags give their present (not all-NaN) patches.
+        """
         if images.ndim == 3:
-            return images
+            return images, np.arange(images.shape[0])
         patches = images.reshape(-1, *images.shape[-2:])
         present = ~np.isnan(patches).all(axis=(1, 2))
-        return patches[present]
+        owners = np.repeat(np.arange(images.shape[0]), images.shape[1])
+        return patches[present], owners[present]
 
     # ------------------------------------------------------------------- scoring
-    def _net(self):
-        return getattr(self, self._net_attributes[0])
+    def _torch_modules(self):
+        """Every fitted ``nn.Module`` by name, each module object once.
+
+        Names are ``<net attribute><module name>`` (``"net_module"``). A module shared
+        by two nets (a frozen generator used by a second stage) is listed once, under
+        its first name, so it is saved once and restored shared.
+        """
+        modules, seen = {}, set()
+        for attribute in self._net_attributes:
+            net = getattr(self, attribute)
+            for name in net._modules:
+                module = getattr(net, name + "_")
+                if id(module) not in seen:
+                    seen.add(id(module))
+                    modules[f"{attribute}{name}"] = module
+        return modules
+
+    def _scoring_context(self):
+        """Autograd mode of scoring: none at all, unless a detector needs gradients."""
+        return torch.inference_mode()
+
+    def _freeze_for_scoring(self):
+        """Put every module in eval mode without gradients; return their device.
+
+        No scoring path can then move a weight or a BatchNorm statistic, whatever
+        autograd mode the detector scores under.
+        """
+        device = None
+        for module in self._torch_modules().values():
+            module.eval()
+            module.requires_grad_(False)
+            if device is None:
+                tensor = next(iter(module.parameters()), None)
+                if tensor is None:
+                    tensor = next(iter(module.buffers()), None)
+                device = tensor.device if tensor is not None else None
+        return device if device is not None else torch.device("cpu")
 
     def _run_batches(self, samples, want_maps):
         """Score ``(M, H, W)`` samples batch by batch: image anomaly and optional maps."""
-        net = self._net()
-        device = net.device
-        for name in net._modules:
-            getattr(net, name + "_").eval()
+        device = self._freeze_for_scoring()
         n = samples.shape[0]
         anomalies = np.empty(n, dtype=np.float64)
         maps = np.empty(samples.shape, dtype=np.float32) if want_maps else None
         starts = range(0, n, self.batch_size)
         if self.verbose:
             starts = tqdm(starts, desc=f"{type(self).__name__} scoring", unit="batch")
-        with torch.inference_mode():
-            for start in starts:
-                batch = torch.from_numpy(samples[start : start + self.batch_size]).to(device)[:, None]
-                roi = ~torch.isnan(batch)
-                pixel, image = self._anomaly_batch(torch.nan_to_num(batch, nan=0.0), roi)
-                anomalies[start : start + len(batch)] = image.double().cpu().numpy()
+        for start in starts:
+            # Built outside the scoring context, so that a detector scoring under
+            # enable_grad gets ordinary tensors that can take part in autograd.
+            batch = torch.from_numpy(samples[start : start + self.batch_size]).to(device)[:, None]
+            roi = ~torch.isnan(batch)
+            filled = torch.nan_to_num(batch, nan=0.0)
+            with self._scoring_context():
+                pixel, image = self._anomaly_batch(filled, roi)
+                anomalies[start : start + len(batch)] = image.detach().double().cpu().numpy()
                 if want_maps:
-                    pixel = pixel.reshape(batch.shape).masked_fill(~roi, float("nan"))
+                    pixel = pixel.detach().reshape(batch.shape).masked_fill(~roi, float("nan"))
                     maps[start : start + len(batch)] = pixel[:, 0].float().cpu().numpy()
         return anomalies, maps
 
@@ -281,15 +427,34 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         return out.reshape(bags.shape[:2])
 
     def _aggregate_patches(self, patch_anomaly):
-        """Image anomaly from ``(N, P)`` patch anomalies, ignoring absent patches."""
+        """Image anomaly from ``(N, P)`` patch anomalies, ignoring absent patches.
+
+        ``("topk", k)`` averages the ``k`` largest present patch anomalies of each
+        image, or all of them where an image has fewer than ``k`` (with a warning).
+        """
         agg = self.patch_aggregation
         if agg == "max":
             return np.nanmax(patch_anomaly, axis=1)
         if agg == "mean":
             return np.nanmean(patch_anomaly, axis=1)
         k = agg[1]
+        n_present = np.isfinite(patch_anomaly).sum(axis=1)
+        if (n_present < k).any():
+            warnings.warn(
+                f"patch_aggregation=('topk', {k}) but {int((n_present < k).sum())} image(s) "
+                f"have fewer present patches (as few as {int(n_present.min())}); their score "
+                "is the mean over all their patches.",
+                UserWarning,
+                stacklevel=4,
+            )
         ranked = -np.sort(-np.where(np.isnan(patch_anomaly), -np.inf, patch_anomaly), axis=1)[:, :k]
         return np.nanmean(np.where(np.isfinite(ranked), ranked, np.nan), axis=1)
+
+    def _score_images(self, images):
+        """Normality scores of validated images or bags."""
+        if images.ndim == 4:
+            return -self._aggregate_patches(self._patch_anomalies(images))
+        return -self._run_batches(images, want_maps=False)[0]
 
     def score_samples(self, X):
         """Normality score of each image: higher means more normal.
@@ -306,10 +471,8 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         scores : ndarray of float64, shape (n_samples,)
         """
         check_is_fitted(self)
-        images = self._validate_input(X, reset=False)
-        if images.ndim == 4:
-            return -self._aggregate_patches(self._patch_anomalies(images))
-        return -self._run_batches(images, want_maps=False)[0]
+        self._check_scoring_params()
+        return self._score_images(self._validate_input(X, reset=False))
 
     def score_patches(self, X):
         """Normality score of every patch of patch bags (higher = more normal).
@@ -325,7 +488,8 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             NaN for absent (all-NaN) patches.
         """
         check_is_fitted(self)
-        if input_ndim(X) != 4:
+        self._check_scoring_params()
+        if input_ndim(X) != 4 or read_layout(X, type(self).__name__) != "bags":
             raise ValueError(
                 f"score_patches expects patch bags (n_samples, P, p, p); got an array of "
                 f"shape {np.shape(X)}. Use PatchExtractor to make bags, or score_samples "
@@ -369,16 +533,22 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         maps : ndarray of float32
-            ``(n_samples, H, W)`` for images; ``(n_samples, P, p, p)`` for bags (stitch
-            them with ``PatchExtractor.inverse_transform``); all-NaN for absent patches.
+            ``(n_samples, H, W)`` for images (also for flattened input);
+            ``(n_samples, P, p, p)`` for bags (stitch them with
+            ``PatchExtractor.inverse_transform``), all-NaN for absent patches. Input
+            with a channel axis, ``(n_samples, 1, H, W)`` or ``(n_samples, H, W, 1)``,
+            gets its maps in the same layout.
         """
         check_is_fitted(self)
+        self._check_scoring_params()
+        layout = read_layout(X, type(self).__name__) if input_ndim(X) == 4 else "images"
         images = self._validate_input(X, reset=False)
         samples = images.reshape(-1, *images.shape[-2:])
         present = ~np.isnan(samples).all(axis=(1, 2))
         maps = np.full(samples.shape, np.nan, dtype=np.float32)
         maps[present] = self._run_batches(samples[present], want_maps=True)[1]
-        return maps.reshape(images.shape)
+        maps = maps.reshape(images.shape)
+        return np.expand_dims(maps, layout) if isinstance(layout, int) else maps
 
     # --------------------------------------------------------------- persistence
     def _fitted_state(self):
@@ -388,29 +558,95 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             "offset_": self.offset_,
             "n_features_in_": self.n_features_in_,
             "n_iter_": self.n_iter_,
-            "history_": _jsonable_history(self.history_),
+            "histories_": {stage: _jsonable_history(h) for stage, h in self.histories_.items()},
         }
         if hasattr(self, "feature_names_in_"):
             state["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
         return state
 
-    def _restore_fitted(self, state, state_dicts, device):
-        """Rebuild the fitted nets from saved weights (for :func:`skanomaly.io.load_model`)."""
+    def _set_fitted_state(self, state):
+        """Set the non-network fitted attributes from ``_fitted_state()`` output.
+
+        Everything is type- and range-checked, since it may come from a file.
+        """
         from skorch.history import History
 
-        self.image_shape_ = tuple(state["image_shape_"])
-        self.offset_ = float(state["offset_"])
-        self.n_features_in_ = int(state["n_features_in_"])
-        self.n_iter_ = int(state["n_iter_"])
-        if "feature_names_in_" in state:
-            self.feature_names_in_ = np.asarray(state["feature_names_in_"], dtype=object)
-        net = self._make_net(device)
-        net.initialize()
-        for name in net._modules:
-            getattr(net, name + "_").load_state_dict(state_dicts[f"{self._net_attributes[0]}{name}"])
-        net.history = History(state["history_"])
-        setattr(self, self._net_attributes[0], net)
-        self.history_ = net.history
+        def fail(what):
+            raise ValueError(f"invalid fitted state in the model file: {what}")
+
+        if not isinstance(state, dict):
+            fail("not a mapping")
+        shape = state.get("image_shape_")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 2**16 for s in shape)
+        ):
+            fail(f"image_shape_={shape!r}")
+        offset = state.get("offset_")
+        if not isinstance(offset, (int, float)) or isinstance(offset, bool) or not np.isfinite(offset):
+            fail(f"offset_={offset!r}")
+        n_features = state.get("n_features_in_")
+        if n_features != shape[0] * shape[1]:
+            fail(f"n_features_in_={n_features!r} for images of {shape}")
+        histories = state.get("histories_")
+        if not isinstance(histories, dict) or not histories or not all(
+            isinstance(h, list) for h in histories.values()
+        ):
+            fail("histories_")
+        names = state.get("feature_names_in_")
+        if names is not None and (
+            not isinstance(names, list) or len(names) != n_features or not all(isinstance(n, str) for n in names)
+        ):
+            fail("feature_names_in_")
+        self.image_shape_ = tuple(shape)
+        self.offset_ = float(offset)
+        self.n_features_in_ = int(n_features)
+        self.histories_ = {str(stage): History(h) for stage, h in histories.items()}
+        if len(self.histories_) == 1:
+            (self.history_,) = self.histories_.values()
+            self.n_iter_ = len(self.history_)
+        else:
+            self.n_iter_ = {stage: len(h) for stage, h in self.histories_.items()}
+        if names is not None:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+
+    def _module_shapes(self):
+        """``{module name: {tensor name: (shape, dtype)}}`` of the networks these
+        parameters build, computed on torch's meta device: nothing is allocated, so a
+        file's tensors can be checked against it before any real module is built."""
+        self._seed = 0
+        try:
+            with torch.device("meta"):
+                self._initialize_networks("meta")
+            return {
+                name: {key: (tuple(t.shape), t.dtype) for key, t in module.state_dict().items()}
+                for name, module in self._torch_modules().items()
+            }
+        finally:
+            del self._seed
+            for attribute in self._net_attributes:
+                if hasattr(self, attribute):
+                    delattr(self, attribute)
+
+    def _load_networks(self, state_dicts, device):
+        """Build the networks on ``device`` and load saved weights into them (for
+        :func:`skanomaly.io.load_model`, after ``_set_fitted_state``).
+
+        ``state_dicts`` maps every name of ``_torch_modules()`` to its state dict; the
+        caller has checked names and shapes against ``_module_shapes()``.
+        """
+        self._seed = 0  # initial weights are overwritten; any seed will do
+        try:
+            self._initialize_networks(device)
+        finally:
+            del self._seed
+        for name, module in self._torch_modules().items():
+            module.load_state_dict(state_dicts[name])
+        for attribute in self._net_attributes:
+            stage = attribute.rstrip("_")
+            if stage in self.histories_:
+                getattr(self, attribute).history = self.histories_[stage]
         return self
 
     def __sklearn_tags__(self):

@@ -10,6 +10,8 @@ from pathlib import Path
 def _demo(args):
     import joblib
     import matplotlib
+    from skorch.callbacks import LRScheduler
+    from torch.optim.lr_scheduler import CosineAnnealingLR
 
     matplotlib.use("Agg")
     import numpy as np
@@ -36,14 +38,17 @@ def _demo(args):
         f"Training a convolutional autoencoder on the lungs of {args.n_train} normal chest "
         f"phantoms ({args.image_size}x{args.image_size}), {args.epochs} epochs ..."
     )
+    # A cosine schedule to zero: at a constant rate the AUC after a few epochs depends
+    # on where the last steps landed (0.82-0.95 over seeds); annealed, 0.91-0.93.
     detector = CAEDetector(
         channels=(16, 32, 64),
         anomaly_score=("topk", args.topk),
         augment=None,
-        lr=1e-3,
+        lr=2e-3,
         batch_size=32,
         max_epochs=args.epochs,
         random_state=args.seed,
+        callbacks=[LRScheduler(CosineAnnealingLR, T_max=args.epochs)],
     )
     start = time.perf_counter()
     detector.fit(train_roi)
@@ -73,6 +78,8 @@ def _demo(args):
     print(f"Training {train_seconds:.1f} s; scoring {score_ms:.2f} ms/image")
 
     model_path = out / "cae_phantoms.safetensors"
+    # The schedule only shapes training; the shared files hold plain parameters.
+    detector.set_params(callbacks=None)
     save_model(detector, model_path)
     joblib.dump(detector, out / "cae_phantoms.joblib")
     order = np.concatenate(

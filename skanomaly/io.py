@@ -6,11 +6,20 @@ pickle from someone else is a security risk. :func:`save_model` writes a single
 `safetensors <https://huggingface.co/docs/safetensors>`_ file instead: the network
 weights as tensors, and the class name, hyperparameters and fitted attributes as JSON
 in its header. :func:`load_model` only reads numbers and JSON, rebuilds the detector
-from a fixed list of the package's classes, and checks a SHA-256 digest over
-everything, so a modified or truncated file is refused.
+from a fixed list of the package's classes after validating every parameter and
+checking every tensor's name and shape against the networks those parameters build
+(on torch's meta device, so nothing is allocated first).
+
+Integrity and authenticity are two different promises. A SHA-256 digest over the
+header and every tensor detects corruption (a truncated download, flipped bits), but
+it is not a signature: anyone can edit a file and recompute it. Pass a secret
+``key`` to :func:`save_model` and :func:`load_model` to sign with HMAC-SHA256; a
+file that was changed by anyone without the key is then refused, and so is an
+unsigned file.
 """
 
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -63,6 +72,15 @@ def _from_json_param(value):
     return value
 
 
+def _hmac(key, digest):
+    """HMAC-SHA256 of the content digest under a user key (bytes or str)."""
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray)) or len(key) == 0:
+        raise ValueError("key must be a non-empty bytes or str secret.")
+    return hmac.new(bytes(key), digest.encode(), hashlib.sha256).hexdigest()
+
+
 def _digest(tensors, header):
     """SHA-256 over the header JSON and every tensor's name, dtype, shape and bytes."""
     sha = hashlib.sha256(header.encode())
@@ -73,7 +91,7 @@ def _digest(tensors, header):
     return sha.hexdigest()
 
 
-def save_model(estimator, path):
+def save_model(estimator, path, *, key=None):
     """Save a fitted detector to a safetensors file that runs no code when loaded.
 
     Parameters
@@ -85,6 +103,9 @@ def save_model(estimator, path):
     path : str or path-like
         Destination, conventionally ending in ``.safetensors``. The file is written to
         a temporary name and moved into place, so a failure leaves nothing behind.
+    key : bytes, str or None, default=None
+        A secret to sign the file with (HMAC-SHA256). Without it the file carries
+        only a SHA-256 checksum, which detects corruption but not deliberate edits.
 
     Examples
     --------
@@ -100,20 +121,20 @@ def save_model(estimator, path):
     True
     """
     registry = _registry()
-    name = type(estimator).__name__
-    if registry.get(name) is not type(estimator):
+    class_name = type(estimator).__name__
+    if registry.get(class_name) is not type(estimator):
         raise ValueError(
             f"save_model saves the package's detectors ({', '.join(sorted(registry))}); "
-            f"got {name}. Use joblib.dump for other objects (pickle: load only files you trust)."
+            f"got {class_name}. Use joblib.dump for other objects (pickle: load only files you trust)."
         )
     check_is_fitted(estimator)
     params, dropped = {}, []
-    for key, value in estimator.get_params(deep=False).items():
+    for name, value in estimator.get_params(deep=False).items():
         try:
-            params[key] = _jsonable_param(value)
+            params[name] = _jsonable_param(value)
         except TypeError:
-            params[key] = None
-            dropped.append(key)
+            params[name] = None
+            dropped.append(name)
     if dropped:
         warnings.warn(
             f"Parameters {dropped} are not plain data and are saved as None; they only "
@@ -122,27 +143,27 @@ def save_model(estimator, path):
             stacklevel=2,
         )
     tensors = {}
-    for attr in estimator._net_attributes:
-        net = getattr(estimator, attr)
-        for module_name in net._modules:
-            module = getattr(net, module_name + "_")
-            for key, tensor in module.state_dict().items():
-                tensors[f"{attr}{module_name}.{key}"] = tensor.detach().to("cpu").contiguous()
+    for module_name, module in estimator._torch_modules().items():
+        for tensor_name, tensor in module.state_dict().items():
+            tensors[f"{module_name}.{tensor_name}"] = tensor.detach().to("cpu").contiguous()
     header = json.dumps(
         {
-            "class": name,
+            "class": class_name,
             "params": params,
             "fitted": estimator._fitted_state(),
             "skanomaly_version": __version__,
         },
         sort_keys=True,
     )
+    digest = _digest(tensors, header)
     metadata = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
         "header": header,
-        "sha256": _digest(tensors, header),
+        "sha256": digest,
     }
+    if key is not None:
+        metadata["hmac_sha256"] = _hmac(key, digest)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -154,15 +175,27 @@ def save_model(estimator, path):
         raise
 
 
-def load_model(path, *, device="auto"):
+def load_model(path, *, device=None, key=None):
     """Load a detector saved by :func:`save_model`; no code from the file is executed.
+
+    Before anything is built, every parameter is validated as ``fit`` would, and the
+    name, shape and dtype of every tensor is checked against the networks those
+    parameters describe (computed on torch's meta device, without allocating).
 
     Parameters
     ----------
     path : str or path-like
-    device : str, default="auto"
-        Where to put the networks: ``"auto"`` uses CUDA when available, so a model
-        saved on a GPU machine loads on a CPU-only one and vice versa.
+    device : str or None, default=None
+        Where to put the networks, which also becomes the loaded detector's
+        ``device`` parameter. ``None`` keeps the saved ``device`` parameter when this
+        machine has that device, and otherwise falls back to ``"auto"`` (CUDA when
+        available, else the CPU) with a warning: a model saved with
+        ``device="cuda"`` loads on a CPU-only machine.
+    key : bytes, str or None, default=None
+        The secret the file was signed with (:func:`save_model`). With a key, a file
+        whose signature does not match, or that is not signed, is refused. Without
+        one, only the SHA-256 checksum is verified: it catches corruption, not a
+        deliberate edit.
 
     Returns
     -------
@@ -171,8 +204,9 @@ def load_model(path, *, device="auto"):
     Raises
     ------
     ValueError
-        If the file is missing, not a skanomaly model, from an unknown class, or fails
-        its integrity check (modified or truncated).
+        If the file is missing, not a skanomaly model, from an unknown class, holds
+        invalid parameters or tensors that do not fit them, fails its checksum, or
+        (with ``key``) is unsigned or fails its signature.
     """
     path = Path(path)
     if not path.is_file():
@@ -180,7 +214,7 @@ def load_model(path, *, device="auto"):
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable skanomaly model file: {err}") from err
     if metadata.get("format") != _FORMAT:
@@ -191,21 +225,109 @@ def load_model(path, *, device="auto"):
             f"skanomaly reads version {_FORMAT_VERSION}."
         )
     header = metadata.get("header", "")
-    if _digest(tensors, header) != metadata.get("sha256"):
+    digest = _digest(tensors, header)
+    if not hmac.compare_digest(digest, str(metadata.get("sha256", ""))):
         raise ValueError(
             f"{path} failed its integrity check (SHA-256 mismatch): the file was modified "
             "or corrupted. Refusing to load it."
         )
-    content = json.loads(header)
+    if key is not None:
+        signature = metadata.get("hmac_sha256")
+        if signature is None:
+            raise ValueError(
+                f"{path} is not signed, but a key was given: refusing to load it. Sign "
+                "files with save_model(..., key=...)."
+            )
+        if not hmac.compare_digest(_hmac(key, digest), str(signature)):
+            raise ValueError(
+                f"{path} failed its signature check (HMAC-SHA256): it was modified by "
+                "someone without the key, or signed with another key. Refusing to load it."
+            )
+    try:
+        content = json.loads(header)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has an unreadable header: {err}") from err
+    if not isinstance(content, dict) or not isinstance(content.get("params"), dict):
+        raise ValueError(f"{path} has no parameter table in its header.")
     registry = _registry()
     cls = registry.get(content.get("class"))
     if cls is None:
-        raise ValueError(f"{path} holds an unknown detector class {content.get('class')!r}.")
-    params = {k: _from_json_param(v) for k, v in content["params"].items()}
-    estimator = cls(**params)
-    state_dicts = {}
-    for key, tensor in tensors.items():
-        net_module, _, param = key.partition(".")
-        state_dicts.setdefault(net_module, {})[param] = tensor
-    return estimator._restore_fitted(content["fitted"], state_dicts, resolve_device(device))
+        raise ValueError(
+            f"{path} holds an unknown detector class {content.get('class')!r}; this "
+            f"skanomaly loads {', '.join(sorted(registry))}."
+        )
+    estimator = _build_estimator(cls, content["params"], path, device)
+    try:
+        estimator._set_fitted_state(content.get("fitted"))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    state_dicts = _check_tensors(estimator, tensors, path)
+    return estimator._load_networks(state_dicts, resolve_device(estimator.device))
 
+
+def _build_estimator(cls, raw_params, path, device):
+    """An unfitted ``cls`` from JSON parameters, validated as ``fit`` would."""
+    import inspect
+
+    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(raw_params) - known)
+    if unknown:
+        raise ValueError(
+            f"{path} sets parameters {unknown} that {cls.__name__} does not have (a file "
+            "from another skanomaly version, or edited)."
+        )
+    params = {name: _from_json_param(value) for name, value in raw_params.items()}
+    if device is not None:
+        params["device"] = device
+    else:
+        saved = params.get("device", "auto")
+        try:
+            resolve_device(saved)
+        except ValueError:
+            warnings.warn(
+                f"{path} was saved with device={saved!r}, which this machine does not have; "
+                "loading with device='auto'.",
+                UserWarning,
+                stacklevel=3,
+            )
+            params["device"] = "auto"
+    estimator = cls(**params)
+    try:
+        estimator._check_scoring_params()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} holds invalid parameters for {cls.__name__}: {err}") from err
+    return estimator
+
+
+def _check_tensors(estimator, tensors, path):
+    """Group the file's tensors by module, after checking them against the networks
+    the parameters describe; return ``{module name: state dict}``."""
+    try:
+        expected = estimator._module_shapes()
+    except Exception as err:  # parameters that validate but cannot build a network
+        raise ValueError(f"{path}: its parameters do not describe a network: {err}") from err
+    state_dicts = {}
+    for name, tensor in tensors.items():
+        module_name, _, tensor_name = name.partition(".")
+        state_dicts.setdefault(module_name, {})[tensor_name] = tensor
+    problems = []
+    for module_name in sorted(set(expected) | set(state_dicts)):
+        want, have = expected.get(module_name, {}), state_dicts.get(module_name, {})
+        for tensor_name in sorted(set(want) | set(have)):
+            full = f"{module_name}.{tensor_name}"
+            if tensor_name not in have:
+                problems.append(f"{full} missing")
+            elif tensor_name not in want:
+                problems.append(f"{full} unexpected")
+            else:
+                shape, dtype = want[tensor_name]
+                tensor = have[tensor_name]
+                if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                    problems.append(
+                        f"{full} is {tuple(tensor.shape)} {tensor.dtype}, the parameters "
+                        f"need {shape} {dtype}"
+                    )
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"{path}: its tensors do not fit its parameters: {shown}.")
+    return state_dicts

@@ -1,13 +1,16 @@
 """The data and estimator contracts of BaseDeepDetector, exercised through CAEDetector."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from skanomaly.base import resolve_device
 from skanomaly.detectors import CAEDetector, VAEDetector
+from skanomaly.utils.validation import as_patch_bags
 
 
 def fast_cae(**params):
@@ -50,17 +53,32 @@ def test_float_contamination_flags_that_fraction_of_training_images(images):
     assert (det.predict(images) == -1).mean() == pytest.approx(0.25, abs=1 / len(images))
 
 
-def test_auto_contamination_is_median_minus_three_robust_sd(fitted, images):
-    scores = fitted.score_samples(images)
-    median = np.median(scores)
-    expected = median - 3 * 1.4826 * np.median(np.abs(scores - median))
-    assert fitted.offset_ == pytest.approx(expected)
+def test_auto_contamination_threshold_on_known_scores():
+    """Scores 1..9: median 5, median absolute deviation 2, so the cut-off is
+    5 - 3 * 1.4826 * 2 = -3.8956; a score of -10 among them moves it by little."""
+    det = fast_cae()
+    assert det._offset_from(np.arange(1.0, 10.0)) == pytest.approx(-3.8956)
+    assert det._offset_from(np.append(np.arange(1.0, 10.0), -10.0)) == pytest.approx(4.5 - 3 * 1.4826 * 2.5)
+    assert det.set_params(contamination=0.1)._offset_from(np.arange(1.0, 11.0)) == pytest.approx(1.9)
 
 
-def test_nan_pixels_do_not_influence_scores(fitted, images):
-    other_fill = images.copy()
-    # Different values outside the ROI must not change anything: they are NaN.
-    assert np.array_equal(fitted.score_samples(other_fill), fitted.score_samples(images))
+def test_auto_contamination_flags_the_odd_image_not_the_normal_ones(fitted, images):
+    assert (fitted.predict(images) == 1).mean() >= 0.9
+    odd = images.copy()
+    odd[:, 4:14, 4:14] = 1.0
+    assert (fitted.predict(odd) == -1).mean() >= 0.9
+
+
+def test_score_is_the_error_over_roi_pixels_only(fitted, images):
+    """The mse score averages the squared error over non-NaN pixels, none other."""
+    x = torch.from_numpy(np.nan_to_num(images)[:, None])
+    with torch.inference_mode():
+        squared = (fitted.net_.module_.eval()(x) - x).square()[:, 0].numpy()
+    roi = ~np.isnan(images)
+    by_hand = (squared * roi).sum(axis=(1, 2)) / roi.sum(axis=(1, 2))
+    np.testing.assert_allclose(-fitted.score_samples(images), by_hand, rtol=1e-5)
+    # Over every pixel (the band included) the error is a different number.
+    assert not np.allclose(-fitted.score_samples(images), squared.mean(axis=(1, 2)), rtol=1e-3)
     anomaly = fitted.anomaly_map(images)
     assert np.isnan(anomaly[:, :, :3]).all() and np.isfinite(anomaly[:, :, 3:]).all()
 
@@ -101,7 +119,8 @@ def test_flattened_non_square_needs_image_shape(images):
 # -------------------------------------------------------------------- patch bags
 def test_bags_train_on_present_patches_and_aggregate(images):
     bags = np.nan_to_num(images).reshape(24, 1, 16, 16).repeat(3, axis=1)
-    bags = bags + np.linspace(0, 0.2, 3, dtype=np.float32)[None, :, None, None]
+    bags = as_patch_bags(bags)  # 3 square patches would otherwise read as RGB
+    bags = 0.8 * bags + np.linspace(0, 0.2, 3, dtype=np.float32)[None, :, None, None]
     bags[:, 2] = np.nan  # absent patch
     det = fast_cae(patch_aggregation="max").fit(bags)
     patch_scores = det.score_patches(bags)
@@ -116,7 +135,7 @@ def test_bags_train_on_present_patches_and_aggregate(images):
 
 
 def test_bags_may_have_another_patch_count_at_scoring(images):
-    bags = np.nan_to_num(images).reshape(24, 4, 8, 8)
+    bags = as_patch_bags(np.nan_to_num(images).reshape(24, 4, 8, 8))
     det = fast_cae(channels=(4,)).fit(bags)
     assert det.image_shape_ == (8, 8)
     assert det.score_samples(bags[:, :2]).shape == (24,)
@@ -205,12 +224,13 @@ def test_flattened_wrong_feature_count_at_scoring(images):
         det.score_samples(np.zeros((2, 255)))
 
 
-@pytest.mark.parametrize("method", ["predict", "score_samples", "decision_function", "anomaly_map"])
+@pytest.mark.parametrize(
+    "method", ["predict", "score_samples", "decision_function", "anomaly_map", "score_patches"]
+)
 def test_methods_before_fit(method):
-    from sklearn.exceptions import NotFittedError
-
+    X = np.zeros((2, 16, 16)) if method != "score_patches" else as_patch_bags(np.zeros((2, 2, 8, 8)))
     with pytest.raises(NotFittedError):
-        getattr(fast_cae(), method)(np.zeros((2, 16, 16)))
+        getattr(fast_cae(), method)(X)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
@@ -233,8 +253,169 @@ def test_unknown_anomaly_score(detector, score, images):
         detector(anomaly_score=score, channels=(4,), max_epochs=1).fit(images)
 
 
-def test_failed_fit_leaves_estimator_unfitted():
+def test_failed_fit_leaves_estimator_unfitted(images):
     det = fast_cae()
     with pytest.raises(ValueError):
         det.fit(np.full((4, 16, 16), np.inf))
     assert not hasattr(det, "net_") and not hasattr(det, "offset_")
+    # A fit that fails after validation (here in the network's size check) used to
+    # leave n_features_in_ / image_shape_ behind, and predict raised AttributeError.
+    with pytest.raises(ValueError, match="smaller than this network's minimum"):
+        det.set_params(channels=(4, 8, 8, 8, 8, 8)).fit(images)
+    assert not hasattr(det, "n_features_in_") and not hasattr(det, "image_shape_")
+    with pytest.raises(NotFittedError):
+        det.predict(images)
+
+
+def test_failed_refit_forgets_the_previous_model(fitted, images):
+    import copy
+
+    det = copy.deepcopy(fitted)
+    with pytest.raises(ValueError):
+        det.fit(images * 255)
+    with pytest.raises(NotFittedError):
+        det.score_samples(images)
+
+
+# ------------------------------------------------------------------ labels (y)
+def test_fit_refuses_labels_that_mark_abnormal_images(images):
+    y = np.zeros(len(images), dtype=int)
+    y[[3, 7]] = 1
+    with pytest.raises(ValueError, match=r"y marks 2 of the 24 images as abnormal.*indices 3, 7.*X\[y == 0\]"):
+        fast_cae().fit(images, y)
+    # Labels that are all normal are accepted and change nothing.
+    np.testing.assert_array_equal(
+        fast_cae().fit(images, np.zeros(24)).score_samples(images), fast_cae().fit(images).score_samples(images)
+    )
+    with pytest.raises(ValueError, match="y has 3 labels but X has 24 images"):
+        fast_cae().fit(images, [0, 0, 0])
+
+
+# ------------------------------------------------------------- pixel range
+@pytest.mark.parametrize(
+    "scale, offset, seen",
+    [
+        (255, 0, r"holds values in \[[0-9.]+, 25[0-9.]+\].*for 8-bit data: X / 255"),
+        (4095, 0, "for 12-bit data: X / 4095"),
+        (2, -1, r"holds values in \[-0\.99"),
+    ],
+)
+def test_float_input_outside_unit_range_is_refused(images, fitted, scale, offset, seen):
+    bad = images * scale + offset
+    with pytest.raises(ValueError, match=f"expects pixel values in \\[0, 1\\].*{seen}.*Rescale"):
+        fast_cae().fit(bad)
+    with pytest.raises(ValueError, match="value_range"):
+        fitted.score_samples(bad)
+
+
+def test_value_range_maps_the_given_range_to_unit(images):
+    as_12_bit = np.round(np.nan_to_num(images) * 4095).astype(np.uint16)
+    det = fast_cae(value_range=(0, 4095)).fit(as_12_bit)
+    unit = fast_cae().fit(as_12_bit / np.float32(4095))
+    np.testing.assert_allclose(det.score_samples(as_12_bit), unit.score_samples(as_12_bit / np.float32(4095)), rtol=1e-5)
+    # None uses values as they are: standardised data trains without complaint.
+    standardised = (np.nan_to_num(images) - 0.5) / 0.29
+    assert np.isfinite(fast_cae(value_range=None).fit(standardised).score_samples(standardised)).all()
+    with pytest.raises(ValueError, match=r"value_range=\(1, 0\) is not valid"):
+        fast_cae(value_range=(1, 0)).fit(images)
+
+
+def test_12_bit_data_in_uint16_warns_and_names_the_route(images):
+    as_12_bit = np.round(np.nan_to_num(images) * 4095).astype(np.uint16)
+    with pytest.warns(UserWarning, match=r"look like 10- or 12-bit data.*Rescale\(bits_stored=12\)"):
+        fast_cae().fit(as_12_bit)
+
+
+def test_uint8_dataframe_is_scaled_like_the_array(fitted, images):
+    pd = pytest.importorskip("pandas")
+    as_uint8 = np.round(np.nan_to_num(images) * 255).astype(np.uint8).reshape(24, -1)
+    flat = fast_cae().fit(as_uint8)
+    frame = pd.DataFrame(as_uint8, columns=[f"px{i}" for i in range(256)])
+    np.testing.assert_allclose(flat.score_samples(frame), flat.score_samples(as_uint8), rtol=1e-6)
+    det = fast_cae().fit(frame)
+    assert list(det.feature_names_in_) == list(frame.columns)
+    # Refitting on plain images forgets the frame's column names.
+    det.fit(np.nan_to_num(images))
+    assert not hasattr(det, "feature_names_in_")
+
+
+# -------------------------------------------------------------- channel axes
+def test_a_size_one_channel_axis_is_squeezed_and_kept_in_maps(fitted, images):
+    expected = fitted.score_samples(images)
+    for layout, axis in [("channels first", 1), ("channels last", 3)]:
+        X = np.expand_dims(images, axis)
+        np.testing.assert_allclose(fitted.score_samples(X), expected, rtol=1e-6, err_msg=layout)
+        maps = fitted.anomaly_map(X)
+        assert maps.shape == X.shape
+        np.testing.assert_array_equal(np.squeeze(maps, axis), fitted.anomaly_map(images))
+    # Training on (N, 1, H, W) is training on the images.
+    np.testing.assert_array_equal(fast_cae().fit(images[:, None]).score_samples(images), expected)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 16, 16), (4, 4, 16, 16)])
+def test_channels_first_colour_is_refused_unless_marked_as_bags(shape):
+    X = np.random.default_rng(0).random(shape).astype(np.float32)
+    with pytest.raises(ValueError, match=r"RGB\(A\) colour images in PyTorch's.*as_patch_bags"):
+        fast_cae().fit(X)
+    det = fast_cae(channels=(4,)).fit(as_patch_bags(X))
+    assert det.image_shape_ == (16, 16) and det.score_patches(as_patch_bags(X)).shape == shape[:2]
+
+
+def test_non_square_four_d_input_is_refused():
+    with pytest.raises(ValueError, match="hold square patches"):
+        fast_cae().fit(np.zeros((4, 2, 16, 8)))
+
+
+# ------------------------------------------------ scoring parameters after fit
+def test_scoring_parameters_are_validated_at_scoring_time(fitted, images):
+    import copy
+
+    det = copy.deepcopy(fitted)
+    bags = as_patch_bags(np.nan_to_num(images).reshape(24, 4, 8, 8))
+    for bad, message in [
+        (dict(patch_aggregation=("topk", 0)), r"patch_aggregation=\('topk', 0\) is not valid"),
+        (dict(anomaly_score="foo"), "anomaly_score='foo' is not valid"),
+        (dict(batch_size=0), "batch_size"),
+    ]:
+        det.set_params(**bad)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no numpy all-NaN warning on the way
+            with pytest.raises(ValueError, match=message):
+                det.score_samples(images)
+        det.set_params(**{k: fitted.get_params()[k] for k in bad})
+    assert np.isfinite(det.score_samples(images)).all()
+    del bags
+
+
+def test_topk_larger_than_the_present_patches_warns(images):
+    bags = as_patch_bags(np.nan_to_num(images).reshape(24, 4, 8, 8))
+    det = fast_cae(channels=(4,), patch_aggregation=("topk", 6)).fit(bags)
+    with pytest.warns(UserWarning, match=r"\('topk', 6\).*fewer present patches.*mean over all"):
+        scores = det.score_samples(bags)
+    np.testing.assert_allclose(scores, np.nanmean(det.score_patches(bags), axis=1))
+
+
+# ------------------------------------------------------------ validation split
+def test_validation_split_keeps_every_image_on_one_side(images, monkeypatch):
+    """Patches of one image never land in both the training and the validation split."""
+    bags = np.nan_to_num(images).reshape(24, 4, 8, 8).copy()
+    bags[:, :, 0, 0] = np.arange(24, dtype=np.float32)[:, None] / 100  # each patch names its image
+    det = fast_cae(channels=(4,), validation_fraction=0.25)
+    seen = {}
+    original = CAEDetector._split_by_image
+
+    def spy(self, samples, owners):
+        seen["train"], seen["valid"] = original(self, samples, owners)
+        return seen["train"], seen["valid"]
+
+    monkeypatch.setattr(CAEDetector, "_split_by_image", spy)
+    det.fit(as_patch_bags(bags))
+
+    def image_of(patches):
+        return set(np.round(patches[:, 0, 0] * 100).astype(int))
+
+    assert len(seen["valid"]) == 6 * 4 and len(seen["train"]) == 18 * 4
+    assert len(image_of(seen["valid"])) == 6 and len(image_of(seen["train"])) == 18
+    assert not image_of(seen["train"]) & image_of(seen["valid"])
+    assert "valid_loss" in det.history_[-1]
+    assert det.net_.train_split is None  # the validation copy is not kept

@@ -1,11 +1,15 @@
-"""scikit-learn's estimator checks over every public estimator and transformer.
+"""scikit-learn's estimator checks over every public estimator and transformer, and
+the package's own detector-level checks over every detector.
 
 The checks feed tiny flattened arrays such as ``(20, 5)``; the fast settings read them
 as one-pixel-high strips (``image_shape=(1, -1)``) and use networks without stride-2
 levels, so that every check runs the real code path in well under a second. A second
 setting per transformer covers the other branch that matters (uint16 CLAHE,
 overlapping patches with absent ones, resizing that changes the shape, the padded
-square crop, dilation).
+square crop, dilation). The checks' data are random floats far outside [0, 1]
+(``make_blobs``, ``3 * uniform``), so the detectors run with ``value_range=None``
+(values used as they are); the [0, 1] default is held to its contract by
+``check_refuses_values_outside_range`` below.
 """
 
 import warnings
@@ -21,15 +25,35 @@ from skanomaly.preprocessing import (
     LungMasker,
     MaskApplier,
     PatchExtractor,
+    Rescale,
     Resize,
 )
+from skanomaly.utils.estimator_checks import parametrize_with_detector_checks
 
 STRIP = dict(image_shape=(1, -1))
-FAST_DETECTOR = dict(max_epochs=2, batch_size=16, random_state=0, augment=None, **STRIP)
+FAST_DETECTOR = dict(max_epochs=2, batch_size=16, random_state=0, augment=None, value_range=None, **STRIP)
 
 DETECTORS = [
     CAEDetector(channels=(4,), **FAST_DETECTOR),
     VAEDetector(channels=(), latent_dim=2, **FAST_DETECTOR),
+]
+
+
+def _labels_ignored(detector_class):
+    """The detector with ``fit(X, y)`` calling ``fit(X)``: every other line of its code
+    runs the checks that pass class-like ``y`` (see ``_ABNORMAL_Y`` below)."""
+    return type(f"{detector_class.__name__}LabelsIgnored", (detector_class,), {
+        "fit": lambda self, X, y=None: detector_class.fit(self, X),
+        "__module__": __name__,
+    })
+
+
+CAEDetectorLabelsIgnored = _labels_ignored(CAEDetector)
+VAEDetectorLabelsIgnored = _labels_ignored(VAEDetector)
+
+LABELS_IGNORED = [
+    CAEDetectorLabelsIgnored(channels=(4,), **FAST_DETECTOR),
+    VAEDetectorLabelsIgnored(channels=(), latent_dim=2, **FAST_DETECTOR),
 ]
 
 TRANSFORMERS = [
@@ -52,6 +76,7 @@ TRANSFORMERS = [
     # which is every random strip the checks make (tested in test_lung.py instead).
     LungMasker(output="mask", min_image_size=1, device="cpu", **STRIP),
     MaskApplier(**STRIP),
+    Rescale(**STRIP),
 ]
 
 # check name -> reason, per class; every entry is an expected failure. With
@@ -64,7 +89,43 @@ _ODD_FEATURES = (
     "flattened input is the image's pixels then its mask's, so needs an even feature "
     "count (ValueError otherwise); the check's data has 3 or 5 features"
 )
+# These checks call fit(X, y) with class-like labels (np.arange(n) % 3, X[:, 0] cast
+# to int, ...). The detectors' y means "0 = normal, anything else = abnormal", and
+# they refuse to train on images marked abnormal, by design (check_refuses_abnormal_labels).
+# The same checks pass on the *LabelsIgnored subclasses above, which differ only in
+# dropping y, so nothing else goes untested.
+_ABNORMAL_Y = (
+    "calls fit(X, y) with class-like labels; detectors refuse labels that mark images "
+    "abnormal (y != 0) by design; passes with y dropped (the *LabelsIgnored entries)"
+)
+_DETECTOR_CHECKS_WITH_Y = [
+    "check_classifier_data_not_an_array",
+    "check_dict_unchanged",
+    "check_dont_overwrite_parameters",
+    "check_dtype_object",
+    "check_estimators_dtypes",
+    "check_estimators_fit_returns_self",
+    "check_estimators_overwrite_params",
+    "check_estimators_pickle",
+    "check_estimators_pickle(readonly_memmap=True)",
+    "check_f_contiguous_array_estimator",
+    "check_fit2d_1feature",
+    "check_fit2d_predict1d",
+    "check_fit_check_is_fitted",
+    "check_fit_idempotent",
+    "check_fit_score_takes_y",
+    "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance",
+    "check_n_features_in",
+    "check_n_features_in_after_fitting",
+    "check_pipeline_consistency",
+    "check_positive_only_tag_during_fit",
+    "check_readonly_memmap_input",
+]
+
 EXPECTED_FAILURES = {
+    "CAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
+    "VAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "MaskApplier": {
         check: _ODD_FEATURES
         for check in [
@@ -92,10 +153,29 @@ def _expected_failed_checks(estimator):
     return EXPECTED_FAILURES.get(type(estimator).__name__, {})
 
 
-@parametrize_with_checks(DETECTORS + TRANSFORMERS, expected_failed_checks=_expected_failed_checks)
+@parametrize_with_checks(
+    DETECTORS + LABELS_IGNORED + TRANSFORMERS, expected_failed_checks=_expected_failed_checks
+)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         # Random one-pixel-high strips often hold no film or no foreground; the
         # warning saying so is expected here and tested in test_film.py.
         warnings.filterwarnings("ignore", message=".*found no (film|foreground)", category=UserWarning)
+        # The strips are 1 px high, below any CLAHE tile (tested in test_clahe.py).
+        warnings.filterwarnings("ignore", message="CLAHE kernel_size", category=UserWarning)
         check(estimator)
+
+
+# The package's own contract, on images: batch-size and order independence, weights
+# untouched by scoring, the ROI contract, exact round trips, one-patch bags, seeding in
+# threads, failed fits, labels and pixel ranges (skanomaly.utils.estimator_checks).
+FAST_IMAGE_DETECTORS = [
+    CAEDetector(channels=(4, 8), max_epochs=2, batch_size=8, augment="advanced"),
+    CAEDetector(channels=(4,), max_epochs=2, batch_size=8, anomaly_score=("topk", 7), augment=None),
+    VAEDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="l1+kld"),
+]
+
+
+@parametrize_with_detector_checks(FAST_IMAGE_DETECTORS)
+def test_detector_contract(detector, check):
+    check(detector)

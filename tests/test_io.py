@@ -71,15 +71,119 @@ def test_safe_format_round_trip_is_exact(fitted, images, tmp_path):
     assert [e["train_loss"] for e in loaded.history_] == [e["train_loss"] for e in fitted.history_]
 
 
-def test_safe_format_executes_no_code(fitted, tmp_path):
-    """The file is safetensors: a JSON header and raw tensor bytes, no pickle opcodes."""
+def test_loading_unpickles_nothing(fitted, images, tmp_path, monkeypatch):
+    """load_model never reaches pickle or torch.load: both are booby-trapped here."""
     path = tmp_path / "model.safetensors"
     save_model(fitted, path)
-    raw = path.read_bytes()
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
-    assert header["__metadata__"]["format"] == "skanomaly-model"
-    assert b"\x80\x04\x95" not in raw[: 8 + header_len]  # no pickle protocol-4 frame
+
+    def trap(*args, **kwargs):
+        raise AssertionError("load_model unpickled something")
+
+    monkeypatch.setattr(pickle, "loads", trap)
+    monkeypatch.setattr(pickle, "load", trap)
+    monkeypatch.setattr(pickle, "Unpickler", trap)
+    monkeypatch.setattr(torch, "load", trap)
+    np.testing.assert_array_equal(load_model(path).score_samples(images), fitted.score_samples(images))
+
+
+def _rewrite(path, edit, *, fix_digest=True, key=None):
+    """Edit a model file's header or tensors as an attacker would, recomputing the
+    unkeyed checksum (and, with ``key``, the signature) so that only deeper checks
+    can catch the edit."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from skanomaly import io as skio
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    header = json.loads(metadata["header"])
+    edit(header, tensors)
+    metadata["header"] = json.dumps(header, sort_keys=True)
+    if fix_digest:
+        metadata["sha256"] = skio._digest(tensors, metadata["header"])
+        if key is not None:
+            metadata["hmac_sha256"] = skio._hmac(key, metadata["sha256"])
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_unsigned_checksum_detects_corruption_not_forgery(fitted, images, tmp_path):
+    """The documented limit: a forged offset_ with a recomputed digest loads without a key."""
+    path = tmp_path / "model.safetensors"
+    save_model(fitted, path)
+    _rewrite(path, lambda header, tensors: header["fitted"].update(offset_=123.0))
+    assert load_model(path).offset_ == 123.0
+
+
+def test_signed_file_refuses_forgery_and_unsigned_files(fitted, images, tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(fitted, path, key="secret")
+    np.testing.assert_array_equal(load_model(path, key="secret").score_samples(images), fitted.score_samples(images))
+    _rewrite(path, lambda header, tensors: header["fitted"].update(offset_=123.0))
+    with pytest.raises(ValueError, match="failed its signature check"):
+        load_model(path, key="secret")
+    save_model(fitted, path, key="secret")
+    with pytest.raises(ValueError, match="failed its signature check"):
+        load_model(path, key="another secret")
+    save_model(fitted, path)
+    with pytest.raises(ValueError, match="is not signed, but a key was given"):
+        load_model(path, key="secret")
+    # A forger who strips the signature and recomputes the checksum is still refused.
+    save_model(fitted, path, key=b"secret")
+    _rewrite(path, lambda header, tensors: header["fitted"].update(offset_=1.0))
+    with pytest.raises(ValueError, match="is not signed|signature check"):
+        load_model(path, key=b"secret")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h, t: h.update({"class": "builtins.eval"}), "unknown detector class 'builtins.eval'"),
+        (lambda h, t: h["params"].update(batch_size=0), r"invalid parameters.*batch_size"),
+        (lambda h, t: h["params"].update(lr="x"), r"invalid parameters.*lr"),
+        (lambda h, t: h["params"].update(surprise=1), r"parameters \['surprise'\] that"),
+        (lambda h, t: h["params"].update(channels={"__tuple__": [4, 10**7]}), "do not fit its parameters"),
+        (lambda h, t: h["fitted"].update(offset_="nan"), "offset_"),
+        (lambda h, t: h["fitted"].update(image_shape_=[16, 10**9]), "image_shape_"),
+        (lambda h, t: t.popitem(), "missing"),
+        (lambda h, t: t.update(extra=torch.zeros(3)), "unexpected"),
+    ],
+    ids=["class", "batch_size", "lr-type", "unknown-param", "huge-channels", "offset", "shape", "missing", "extra"],
+)
+def test_load_model_validates_before_building(fitted, tmp_path, edit, message):
+    path = tmp_path / "model.safetensors"
+    save_model(fitted, path)
+    _rewrite(path, edit)
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+
+
+def test_huge_channels_are_refused_without_allocating(tmp_path, images):
+    """Shapes are checked on the meta device: a forged 10^5-channel net is never built
+    (a real 100k x 100k x 3 x 3 float32 conv needs 360 GB: building it would fail with
+    torch's allocation RuntimeError, not this ValueError)."""
+    det = CAEDetector(channels=(4, 8), max_epochs=1, random_state=0).fit(images)
+    path = tmp_path / "model.safetensors"
+    save_model(det, path)
+    _rewrite(path, lambda h, t: h["params"].update(channels={"__tuple__": [100_000, 100_000]}))
+    with pytest.raises(ValueError, match="do not fit its parameters"):
+        load_model(path)
+
+
+def test_model_saved_for_cuda_loads_on_a_cpu_only_machine(fitted, images, tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    save_model(fitted, path)
+    _rewrite(path, lambda h, t: h["params"].update(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="saved with device='cuda'.*device='auto'"):
+        loaded = load_model(path)
+    assert loaded.device == "auto"
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+    # An explicit device wins, and a bad one is a clear error.
+    assert load_model(path, device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_model(path, device="cuda")
 
 
 def test_tampered_file_is_refused(fitted, tmp_path):

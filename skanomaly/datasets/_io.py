@@ -8,6 +8,7 @@ inverted so that all sources agree with the PNG/JPEG renderings users look at.
 from __future__ import annotations
 
 import os
+import warnings
 from numbers import Integral
 from pathlib import Path
 
@@ -63,7 +64,17 @@ def _to_unit_float(arr, path):
         return arr.astype(np.float32)
     if arr.dtype.kind == "u":
         # uint8 / uint16 cover the bit depths image files use; their full range is 1.
-        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+        top = np.iinfo(arr.dtype).max
+        if arr.dtype.itemsize >= 2 and arr.size and 0 < int(arr.max()) <= 4095:
+            warnings.warn(
+                f"Image file '{path}' holds {8 * arr.dtype.itemsize}-bit pixels whose largest "
+                f"value is {int(arr.max())}: it looks like 10- or 12-bit data, which scaled "
+                f"by {top} uses only {100 * int(arr.max()) / top:.1f} % of [0, 1]. Read it "
+                "as an array and use skanomaly.preprocessing.Rescale(bits_stored=12).",
+                UserWarning,
+                stacklevel=4,
+            )
+        return arr.astype(np.float32) / np.float32(top)
     if arr.dtype.kind in "if":
         arr = arr.astype(np.float32)
         if not np.isfinite(arr).all():

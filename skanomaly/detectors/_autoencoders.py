@@ -94,7 +94,8 @@ class CAEDetector(BaseDeepDetector):
         Image score: ``"mse"`` (mean squared error over the ROI, the paper's best CAE
         score), ``"l1"``, or ``("topk", k)``, the mean of the ``k`` largest per-pixel
         squared errors (the paper uses ``k=200``), ``("topk", k, "l1")`` with absolute
-        errors. Per-pixel maps use the same error (squared or absolute).
+        errors; an image (or patch) with fewer than ``k`` ROI pixels is scored by the
+        mean over all of them. Per-pixel maps use the same error (squared or absolute).
     augment : {"advanced", "default"} or None, default="advanced"
         The paper's training augmentation ("advanced" for the CAE: flips, brightness,
         scaling, rotation; "default": flips only).
@@ -108,17 +109,30 @@ class CAEDetector(BaseDeepDetector):
         training images; ``"auto"`` flags scores more than three robust standard
         deviations below the median training score.
     patch_aggregation : {"max", "mean"} or ("topk", k), default="max"
-        How patch scores of patch bags become an image score.
+        How patch scores of patch bags become an image score; ``("topk", k)`` averages
+        the ``k`` highest patch anomalies (all present patches, with a warning, when
+        an image has fewer than ``k``).
     image_shape : tuple of int, default=None
         ``(H, W)`` of flattened input; ``None`` means square. One entry may be -1.
+    value_range : "auto", (low, high) or None, default="auto"
+        The pixel values expected. ``"auto"``: ``uint8`` / ``uint16`` are scaled by
+        their dtype's maximum and float input must lie in [0, 1]; ``(low, high)``:
+        input of any dtype must lie in that range and is mapped linearly to [0, 1]
+        (e.g. ``(0, 4095)`` for 12-bit data in ``uint16``, ``(0, 255)`` for 8-bit
+        data held as floats); ``None``: values are used as they are, unchecked (for
+        data you standardised yourself). Values outside the range raise a
+        ``ValueError`` in ``fit`` and in scoring: a network trained on [0, 1] scores
+        0-255 input as garbage.
     validation_fraction : float in (0, 1), default=None
         Hold out this fraction of the training images for skorch's ``valid_loss``
-        (useful with ``EarlyStopping``); ``None`` trains on all of them.
+        (useful with ``EarlyStopping``); ``None`` trains on all of them. The split is
+        by image: all patches of an image fall on the same side.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling and augmentation; the same value on
-        the CPU gives the same model. Global RNG state is left untouched.
+        Seeds weight initialisation, shuffling and augmentation through explicit
+        generators; the same value on the CPU gives the same model, also when several
+        detectors are fitted at once in threads. Global RNG state is left untouched.
     verbose : int, default=0
         Print skorch's epoch log and progress bars.
     callbacks : list of skorch callbacks, default=None
@@ -134,6 +148,9 @@ class CAEDetector(BaseDeepDetector):
     image_shape_ : tuple of int
         ``(H, W)`` of the training images (or patches).
     history_ : skorch.history.History
+    histories_ : dict
+        ``{"net": history_}``: one skorch ``History`` per training stage (the GAN
+        detectors have several).
     n_iter_ : int
         Epochs run.
     n_features_in_ : int
@@ -170,6 +187,7 @@ class CAEDetector(BaseDeepDetector):
         contamination="auto",
         patch_aggregation="max",
         image_shape=None,
+        value_range="auto",
         validation_fraction=None,
         device="auto",
         random_state=None,
@@ -185,6 +203,7 @@ class CAEDetector(BaseDeepDetector):
         self.contamination = contamination
         self.patch_aggregation = patch_aggregation
         self.image_shape = image_shape
+        self.value_range = value_range
         self.validation_fraction = validation_fraction
         self.device = device
         self.random_state = random_state
@@ -249,15 +268,15 @@ class VAEDetector(BaseDeepDetector):
     lr : float, default=1e-4
     batch_size : int, default=32
     max_epochs : int, default=500
-    contamination, patch_aggregation, image_shape, validation_fraction, device, \
-random_state, verbose, callbacks
+    contamination, patch_aggregation, image_shape, value_range, validation_fraction, \
+device, random_state, verbose, callbacks
         As in :class:`CAEDetector`.
 
     Attributes
     ----------
     net_ : skanomaly.training.nets.ImageNet
         ``net_.module_`` is the VAE.
-    offset_, image_shape_, history_, n_iter_, n_features_in_
+    offset_, image_shape_, history_, histories_, n_iter_, n_features_in_
         As in :class:`CAEDetector`.
 
     Examples
@@ -293,6 +312,7 @@ random_state, verbose, callbacks
         contamination="auto",
         patch_aggregation="max",
         image_shape=None,
+        value_range="auto",
         validation_fraction=None,
         device="auto",
         random_state=None,
@@ -310,6 +330,7 @@ random_state, verbose, callbacks
         self.contamination = contamination
         self.patch_aggregation = patch_aggregation
         self.image_shape = image_shape
+        self.value_range = value_range
         self.validation_fraction = validation_fraction
         self.device = device
         self.random_state = random_state

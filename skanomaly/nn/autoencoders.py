@@ -111,8 +111,9 @@ class ConvVAE(_PadCrop):
     Notes
     -----
     ``forward`` returns ``(reconstruction, mu, log_var)``. In training mode ``z`` is
-    sampled with the reparameterisation trick; in eval mode ``z = mu``, which makes
-    scores deterministic.
+    sampled with the reparameterisation trick, from ``noise_generator`` when it is set
+    (a CPU ``torch.Generator``; the training net sets its own) and from torch's global
+    generator otherwise; in eval mode ``z = mu``, which makes scores deterministic.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class ConvVAE(_PadCrop):
             layers += _up_block(channels[0], channels[0])
             layers.append(nn.Conv2d(channels[0], in_channels, 3, 1, 1))
         self.decoder = nn.Sequential(*layers)
+        self.noise_generator = None
 
     def encode(self, x):
         h = self.encoder(x).flatten(1)
@@ -157,7 +159,12 @@ class ConvVAE(_PadCrop):
         x, (height, width) = self._pad(x)
         mu, log_var = self.encode(x)
         if self.training:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+            if self.noise_generator is None:
+                noise = torch.randn_like(mu)
+            else:
+                noise = torch.randn(mu.shape, generator=self.noise_generator, dtype=mu.dtype)
+                noise = noise.to(mu.device)
+            z = mu + noise * torch.exp(0.5 * log_var)
         else:
             z = mu
         return self.decode(z)[..., :height, :width], mu, log_var

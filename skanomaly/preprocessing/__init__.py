@@ -4,6 +4,7 @@ from ._clahe import CLAHE, HistogramEqualization
 from ._film import FilmCrop, HandMasker
 from ._lung import LungMasker, MaskApplier
 from ._patches import PatchExtractor
+from ._rescale import Rescale
 from ._resize import Resize
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "LungMasker",
     "MaskApplier",
     "PatchExtractor",
+    "Rescale",
     "Resize",
 ]

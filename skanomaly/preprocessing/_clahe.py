@@ -1,6 +1,7 @@
 """Contrast enhancement: CLAHE (P-AnoGAN) and global histogram equalisation (hand X-ray)."""
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import cv2
@@ -41,7 +42,10 @@ class CLAHE(BaseImageTransformer):
     kernel_size : int, float in (0, 1), pair of those, or None, default=128
         Size of the contextual regions (tiles) in pixels. A float in (0, 1) is a
         fraction of the image side; ``None`` is scikit-image's default, 1/8 of each
-        side. A pair gives ``(height, width)``.
+        side. A pair gives ``(height, width)``. A kernel larger than the image along
+        a side makes one tile span that side (equalisation is then not local along
+        it), with a ``UserWarning``: the default suits 1024 px films; use a fraction
+        such as ``0.125`` for small images.
     clip_limit : float in [0, 1], default=0.01
         Maximum bin count of a tile histogram as a fraction of the tile's pixels
         (scikit-image's normalisation). 0 disables clipping (plain AHE).
@@ -135,6 +139,18 @@ class CLAHE(BaseImageTransformer):
     def _transform_images(self, images):
         n, height, width = images.shape
         kh, kw = _resolve_kernel(self.kernel_size, (height, width))
+        if kh > height or kw > width:
+            spans = " and ".join(
+                side for side, k, size in (("height", kh, height), ("width", kw, width)) if k > size
+            )
+            warnings.warn(
+                f"CLAHE kernel_size={self.kernel_size!r} ({kh}x{kw} px) is larger than the "
+                f"{height}x{width} images: one tile spans the whole {spans}, so the "
+                "equalisation is not local along it. For P-AnoGAN's setting at any size "
+                "(128 px tiles on 1024 px films, 1/8 of the side) use kernel_size=0.125.",
+                UserWarning,
+                stacklevel=4,
+            )
         tiles_y, tiles_x = math.ceil(height / kh), math.ceil(width / kw)
         eight_bit = self.nbins <= 256
         levels = 256 if eight_bit else 65536

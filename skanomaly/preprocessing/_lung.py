@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -221,6 +222,14 @@ class LungMasker(BaseImageTransformer):
     output : {"masked", "mask"}, default="masked"
         ``"masked"`` returns the images with NaN outside the lungs (what the detectors
         and :class:`PatchExtractor` take); ``"mask"`` returns the boolean lung masks.
+    on_empty : {"keep", "raise"}, default="keep"
+        What ``output="masked"`` does with an image in which no lung field is found
+        (a densely consolidated film, a lateral view, not a chest at all): ``"keep"``
+        returns that image unmasked (no NaN) with a ``UserWarning`` naming its
+        index, so that one such film does not fail a whole batch (or turn a
+        grid-search cell into NaN); ``"raise"`` raises a ``ValueError`` instead.
+        A detector trained on lung fields usually scores an unmasked film as
+        abnormal, which is what such a film is for a lung-field model.
     method : {"unet"}, default="unet"
         Segmentation method; the packaged U-Net.
     weights : None or path, default=None
@@ -262,6 +271,7 @@ class LungMasker(BaseImageTransformer):
 
     _parameter_constraints = {
         "output": [StrOptions({"masked", "mask"})],
+        "on_empty": [StrOptions({"keep", "raise"})],
         "method": [StrOptions({"unet"})],
         "weights": [None, str, os.PathLike],
         "threshold": [Interval(Real, 0, 1, closed="neither")],
@@ -275,6 +285,7 @@ class LungMasker(BaseImageTransformer):
         self,
         *,
         output="masked",
+        on_empty="keep",
         method="unet",
         weights=None,
         threshold=0.5,
@@ -284,6 +295,7 @@ class LungMasker(BaseImageTransformer):
         image_shape=None,
     ):
         self.output = output
+        self.on_empty = on_empty
         self.method = method
         self.weights = weights
         self.threshold = threshold
@@ -397,12 +409,22 @@ class LungMasker(BaseImageTransformer):
         empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
         if empty.size:
             shown = ", ".join(map(str, empty[:10])) + (" ..." if empty.size > 10 else "")
-            raise ValueError(
-                f"No lung field found in {empty.size} image(s) (indices {shown}), so their "
-                "masked image would be all NaN. Check that they are frontal chest "
-                "radiographs; use LungMasker(output='mask') to inspect the masks, or "
-                "MaskApplier / apply_masks with masks of your own."
+            problem = (
+                f"No lung field found in {empty.size} of {len(masks)} image(s) (indices {shown})"
             )
+            advice = (
+                "Check that they are frontal chest radiographs; use "
+                "LungMasker(output='mask') to inspect the masks, or MaskApplier / "
+                "apply_masks with masks of your own."
+            )
+            if self.on_empty == "raise":
+                raise ValueError(f"{problem}, so their masked image would be all NaN. {advice}")
+            warnings.warn(
+                f"{problem}: they are returned unmasked (on_empty='keep'). {advice}",
+                UserWarning,
+                stacklevel=3,
+            )
+            masks[empty] = ~np.isnan(images[empty])
         return _masked(images, masks)
 
     def __sklearn_tags__(self):
@@ -477,7 +499,12 @@ class MaskApplier(BaseImageTransformer):
             images = reshape_flat_images(flat[:, :half], self.image_shape)
             masks = reshape_flat_images(flat[:, half:], self.image_shape)
             return np.stack([images, masks], axis=1)
-        pairs = validate_images(self, X, reset=reset, allow_bags=True)
+        if X.ndim == 4 and X.shape[1] != 2:
+            raise ValueError(
+                f"MaskApplier takes images and masks stacked as (n_samples, 2, H, W); got "
+                f"shape {X.shape}. Use np.stack([images, masks], axis=1)."
+            )
+        pairs = validate_images(self, X, reset=reset, raw_4d=True)
         if pairs.shape[1] != 2:
             raise ValueError(
                 f"MaskApplier takes images and masks stacked as (n_samples, 2, H, W); got "

@@ -2,7 +2,8 @@
 
 Runs on the training device on ``(B, 1, H, W)`` tensors with NaN outside the region
 of interest; geometric transforms move the ROI with the image. Random numbers come
-from torch's generator, which the detectors seed inside ``torch.random.fork_rng``.
+from an explicit ``torch.Generator`` (the net's), never from torch's global one, so
+detectors trained in parallel threads do not disturb each other's draws.
 """
 
 import math
@@ -10,36 +11,39 @@ import math
 import torch
 from torch.nn import functional as F
 
+from .random import rand
+
 __all__ = ["augment_batch", "AUGMENTATIONS"]
 
 AUGMENTATIONS = ("default", "advanced")
 
 
-def _flip(x, dim):
-    chosen = torch.rand(x.shape[0], device=x.device) < 0.5
+def _flip(x, dim, generator):
+    chosen = rand(x.shape[0], generator, device=x.device) < 0.5
     return torch.where(chosen[:, None, None, None], x.flip(dim), x)
 
 
-def augment_batch(x, mode):
+def augment_batch(x, mode, generator):
     """Augment a batch as the paper does.
 
     ``"default"``: horizontal and vertical flips, each with probability 0.5.
     ``"advanced"``: the flips, then, each with probability 0.5, brightness x U(0.8, 1.2),
     independent x/y scaling by U(0.8, 1.2) and rotation by U(-20, 20) degrees.
     Pixels that a transform brings in from outside the image are NaN (outside the ROI).
+    ``generator`` is a CPU ``torch.Generator`` that every random draw comes from.
     """
     if mode is None:
         return x
-    x = _flip(_flip(x, -1), -2)
+    x = _flip(_flip(x, -1, generator), -2, generator)
     if mode == "default":
         return x
     batch = x.shape[0]
 
     def coin():
-        return (torch.rand(batch, device=x.device) < 0.5).to(x.dtype)
+        return (rand(batch, generator, device=x.device) < 0.5).to(x.dtype)
 
     def uniform(low, high):
-        return low + (high - low) * torch.rand(batch, device=x.device, dtype=x.dtype)
+        return low + (high - low) * rand(batch, generator, device=x.device, dtype=x.dtype)
 
     brightness = 1 + coin() * (uniform(0.8, 1.2) - 1)
     x = x * brightness[:, None, None, None]
@@ -58,6 +62,11 @@ def augment_batch(x, mode):
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     roi = (~torch.isnan(x)).to(x.dtype)
-    image = F.grid_sample(torch.nan_to_num(x), grid, align_corners=False)
-    roi = F.grid_sample(roi, grid, mode="nearest", align_corners=False)
-    return image.masked_fill(roi < 0.5, float("nan"))
+    # Normalised interpolation: the image's ROI pixels and the ROI's coverage are
+    # interpolated alike and divided, so that pixels near the ROI's rim are not
+    # darkened by the zeros that stand in for NaN outside it.
+    values = F.grid_sample(torch.nan_to_num(x), grid, align_corners=False)
+    coverage = F.grid_sample(roi, grid, align_corners=False)
+    image = values / coverage.clamp_min(1e-6)
+    inside = F.grid_sample(roi, grid, mode="nearest", align_corners=False)
+    return image.masked_fill((inside < 0.5) | (coverage <= 1e-6), float("nan"))

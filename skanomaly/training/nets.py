@@ -3,17 +3,21 @@
 :class:`ImageNet` is the pattern every detector's training stage follows: a
 ``NeuralNet`` whose ``X`` is ``(n, 1, H, W)`` float32 with NaN outside the region of
 interest. It fills NaN before the module sees the batch and hands the ROI to the
-criterion, so losses ignore pixels outside it. GAN detectors subclass it with their own
-``train_step`` and register extra modules and optimisers the skorch way (names ending
-in ``_``, created in ``initialize_module`` / ``initialize_optimizer``).
+criterion, so losses ignore pixels outside it. Every random draw of training
+(initialisation, shuffling, augmentation, sampling) is seeded from ``random_seed``
+through explicit generators (:mod:`skanomaly.training.random`), so nets trained in
+parallel threads are reproducible. GAN detectors build on
+:mod:`skanomaly.training.stages`, which adds several modules and optimisers.
 """
 
+import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from .augment import augment_batch
+from .random import make_generator, seeded_initialisation
 
 __all__ = ["ImageNet"]
 
@@ -29,11 +33,82 @@ class ImageNet(NeuralNet):
     augment : None, "default" or "advanced"
         Batch augmentation applied in training steps only
         (:func:`skanomaly.training.augment.augment_batch`).
+    random_seed : int, default=0
+        Seeds module initialisation (under a process-wide lock, with torch's global
+        RNG state restored afterwards), the shuffling of training batches, and the
+        generator ``rng_`` that augmentation and latent sampling draw from.
+
+    Attributes
+    ----------
+    rng_ : torch.Generator
+        CPU generator of every random draw made in training steps.
     """
 
-    def __init__(self, *args, augment=None, **kwargs):
+    def __init__(self, *args, augment=None, random_seed=0, **kwargs):
         super().__init__(*args, **kwargs)
         self.augment = augment
+        self.random_seed = random_seed
+
+    def initialize(self):
+        """Initialise modules, criteria and optimisers from ``random_seed``."""
+        # Independent streams for initialisation, shuffling and training-step draws.
+        init_seed, shuffle_seed, step_seed = np.random.SeedSequence(self.random_seed).generate_state(3)
+        with seeded_initialisation(init_seed, self.device):
+            super().initialize()
+        self.shuffle_rng_ = make_generator(shuffle_seed)
+        self.rng_ = make_generator(step_seed)
+        for module in self._modules_with_noise():
+            module.noise_generator = self.rng_
+        return self
+
+    def _modules_with_noise(self):
+        if not getattr(self, "initialized_", False):
+            return
+        for name in self._modules:
+            for module in getattr(self, name + "_").modules():
+                if hasattr(module, "noise_generator"):
+                    yield module
+
+    _GENERATORS = ("rng_", "shuffle_rng_")
+
+    def __getstate__(self):
+        # skorch serialises modules with torch.save, which tags every storage with
+        # its device; generator states are CPU bytes and travel as plain arrays, and
+        # the modules' references to rng_ are re-made on unpickling.
+        noisy = list(self._modules_with_noise())
+        for module in noisy:
+            module.noise_generator = None
+        try:
+            state = super().__getstate__()
+        finally:
+            for module in noisy:
+                module.noise_generator = self.rng_
+        for name in self._GENERATORS:
+            if isinstance(state.get(name), torch.Generator):
+                state[name] = state[name].get_state().numpy().copy()
+        return state
+
+    def __setstate__(self, state):
+        for name in self._GENERATORS:
+            if isinstance(state.get(name), np.ndarray):
+                generator = torch.Generator(device="cpu")
+                generator.set_state(torch.from_numpy(state[name]))
+                state[name] = generator
+        super().__setstate__(state)
+        for module in self._modules_with_noise():
+            module.noise_generator = self.rng_
+
+    def get_iterator(self, dataset, training=False):
+        if not training:
+            return super().get_iterator(dataset, training=False)
+        # skorch builds the DataLoader from iterator_train__* parameters; the shuffling
+        # generator is fitted state, so it is handed over here.
+        kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        kwargs.setdefault("generator", self.shuffle_rng_)
+        return self.iterator_train(dataset, **kwargs)
 
     @staticmethod
     def split_roi(x):
@@ -52,7 +127,7 @@ class ImageNet(NeuralNet):
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
         Xi, yi = unpack_data(batch)
-        Xi = augment_batch(to_tensor(Xi, device=self.device), self.augment)
+        Xi = augment_batch(to_tensor(Xi, device=self.device), self.augment, self.rng_)
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         loss.backward()

@@ -66,6 +66,14 @@ def test_png_16bit_divided_by_65535(tmp_path):
     assert image.max() == 1.0 and image.min() == 0.0
 
 
+def test_png_16bit_holding_12_bit_values_warns(tmp_path):
+    pixels = ramp(maximum=4095, dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), pixels)
+    with pytest.warns(UserWarning, match=r"largest value is 4095.*Rescale\(bits_stored=12\)"):
+        image = read_image(str(tmp_path / "a.png"))
+    np.testing.assert_allclose(image, pixels / 65535.0, atol=1e-6)
+
+
 def test_jpeg_is_grayscale(tmp_path):
     pixels = np.full((16, 16), 120, np.uint8)
     Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(tmp_path / "a.jpeg", quality=95)

@@ -1,6 +1,8 @@
 """CLAHE against scikit-image's reference, and global histogram equalisation."""
 
 import cv2
+import warnings
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -191,6 +193,19 @@ def test_clahe_bad_input():
         CLAHE().fit(np.full((1, 8, 8), np.inf))
     with pytest.raises(ValueError, match="not a square"):
         CLAHE().fit(np.zeros((2, 10)))
+
+
+def test_clahe_kernel_larger_than_the_image_warns():
+    X = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"kernel_size=128 \(128x128 px\) is larger than the 64x64 images.*whole height and width.*kernel_size=0.125"):
+        CLAHE().fit_transform(X)
+    with pytest.warns(UserWarning, match="whole width"):
+        CLAHE(kernel_size=(16, 100)).fit_transform(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        local = CLAHE(kernel_size=0.125).fit_transform(X)
+    # The fraction gives 8x8 tiles: local equalisation, unlike the one-tile result.
+    assert not np.allclose(local, CLAHE(kernel_size=64).fit_transform(X), atol=0.05)
 
 
 # --------------------------------------------------------------------------------

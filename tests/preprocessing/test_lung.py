@@ -118,8 +118,14 @@ def test_no_lung_found():
     blank[1] = make_chest_phantoms(1, image_size=64, random_state=0).images[0]
     masks = LungMasker(output="mask").fit_transform(blank)
     assert not masks[0].any() and masks[1].any() and not masks[2].any()
-    with pytest.raises(ValueError, match=r"No lung field found in 2 image\(s\) \(indices 0, 2\).*output='mask'"):
-        LungMasker().fit_transform(blank)
+    with pytest.raises(ValueError, match=r"No lung field found in 2 of 3 image\(s\) \(indices 0, 2\).*output='mask'"):
+        LungMasker(on_empty="raise").fit_transform(blank)
+    # By default one film without lungs does not fail the batch: it comes back
+    # unmasked, with a warning naming it, and the others are masked as usual.
+    with pytest.warns(UserWarning, match=r"indices 0, 2\): they are returned unmasked"):
+        masked = LungMasker().fit_transform(blank)
+    np.testing.assert_array_equal(masked[[0, 2]], blank[[0, 2]])
+    np.testing.assert_array_equal(np.isnan(masked[1]), ~masks[1])
 
 
 def test_pickle_and_pipeline(phantoms):
@@ -134,7 +140,8 @@ def test_pickle_and_pipeline(phantoms):
     [
         (np.zeros(64), "got a 1-D array"),
         (np.zeros((2, 64, 64, 3)), r"looks like RGB.*X\[..., :3\] @ \[0.299, 0.587, 0.114\]"),
-        (np.zeros((2, 3, 64, 64)), "does not take 4-D input"),
+        (np.zeros((2, 3, 64, 64)), r"RGB\(A\) colour images in PyTorch's"),
+        (np.zeros((2, 1, 64, 64)), r"grayscale channel axis: squeeze it with X\[:, 0\]"),
         (np.zeros((2, 20, 64)), "at least 32x32 pixels"),
         (np.zeros((2, 20 * 20)), "at least 32x32 pixels"),
         (np.full((2, 64, 64), np.inf), "inf"),

@@ -1,0 +1,53 @@
+"""Explicit random number generators for training: never torch's global RNG.
+
+Detectors fitted in parallel threads (joblib's threading backend, ``GridSearchCV``
+with threads) share torch's global generator; drawing from it made their results
+depend on scheduling. Every random draw in training therefore comes from a
+``torch.Generator`` owned by the net and seeded from the detector's ``random_state``.
+Draws are made on the CPU and moved to the device, so a seed gives the same numbers
+on every device (CUDA generators produce other streams than the CPU one).
+"""
+
+import threading
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["make_generator", "rand", "randn", "seeded_initialisation"]
+
+# torch initialises module weights from its global generator and offers no other way;
+# one lock makes seeded initialisation atomic across threads.
+_INIT_LOCK = threading.RLock()
+
+
+def make_generator(seed):
+    """A CPU ``torch.Generator`` seeded with ``seed`` (an int)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def rand(shape, generator, *, device="cpu", dtype=torch.float32):
+    """``torch.rand`` drawn from ``generator`` on the CPU, then moved to ``device``."""
+    return torch.rand(shape, generator=generator, dtype=dtype).to(device)
+
+
+def randn(shape, generator, *, device="cpu", dtype=torch.float32):
+    """``torch.randn`` drawn from ``generator`` on the CPU, then moved to ``device``."""
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+@contextmanager
+def seeded_initialisation(seed, device="cpu"):
+    """Run module construction with torch's global RNG seeded, under a global lock.
+
+    The global RNG state (CPU, and the CUDA device in use) is restored afterwards, so
+    the user's own random streams are untouched, and no other thread's initialisation
+    can interleave with this one.
+    """
+    devices = []
+    if str(device).startswith("cuda"):
+        devices = [torch.device(device).index or 0]
+    with _INIT_LOCK, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield

@@ -1,0 +1,312 @@
+"""Detector-level checks that every detector of the package must pass.
+
+scikit-learn's :func:`~sklearn.utils.estimator_checks.parametrize_with_checks` checks
+the estimator API on tiny tabular arrays. These checks hold a detector to the
+package's own contract on images (as imbalanced-learn ships checks for samplers):
+
+* scores do not depend on ``batch_size``, on the order of the samples, or on which
+  samples share a scoring batch;
+* scoring changes no weight and no buffer (BatchNorm statistics included);
+* pixels outside the region of interest (NaN) influence neither scores nor maps, and
+  maps are NaN exactly there;
+* ``joblib`` and :func:`skanomaly.io.save_model` round trips give identical scores;
+* a one-patch bag (and an image with a channel axis) is scored like the image;
+* the same ``random_state`` gives the same model, in threads as in sequence, and
+  leaves torch's global RNG alone;
+* a failed ``fit`` leaves an unfitted detector; labels that mark abnormal images
+  are refused; float input outside [0, 1] is refused.
+
+Use :func:`parametrize_with_detector_checks` in a test module::
+
+    @parametrize_with_detector_checks([CAEDetector(channels=(4,), max_epochs=2)])
+    def test_detector_contract(detector, check):
+        check(detector)
+
+Pass small settings: every check fits the detector at least once on a few dozen
+images of 16 x 16 pixels (or the detector's minimum size, if larger).
+"""
+
+import functools
+import io
+import os
+import tempfile
+import threading
+
+import joblib
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+__all__ = ["detector_checks", "parametrize_with_detector_checks"]
+
+_N_IMAGES = 24
+
+
+def _images(detector, n=_N_IMAGES, seed=0):
+    """Smooth random images with a NaN band (outside the ROI) on the left."""
+    size = max(16, int(detector._min_image_size()))
+    rng = np.random.default_rng(seed)
+    noise = rng.random((n, size // 4, size // 4)).astype(np.float32)
+    images = np.kron(noise, np.ones((4, 4), np.float32))
+    images = 0.25 + 0.5 * images + 0.05 * rng.random(images.shape).astype(np.float32)
+    images[:, :, : size // 8] = np.nan
+    return images
+
+
+def _fitted(detector, images=None):
+    detector = clone(detector).set_params(random_state=0)
+    return detector.fit(_images(detector) if images is None else images)
+
+
+def _state(detector):
+    return {
+        f"{name}.{key}": tensor.detach().cpu().clone()
+        for name, module in detector._torch_modules().items()
+        for key, tensor in module.state_dict().items()
+    }
+
+
+def _assert_scores_close(actual, expected, what):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-7, err_msg=what)
+
+
+def check_scores_independent_of_batch_size(detector):
+    """Scores and maps are the same whatever the scoring batch size."""
+    fitted = _fitted(detector)
+    images = _images(fitted, n=10, seed=1)
+    expected = fitted.score_samples(images)
+    maps = fitted.anomaly_map(images)
+    for batch_size in (1, 3, 64):
+        fitted.set_params(batch_size=batch_size)
+        _assert_scores_close(fitted.score_samples(images), expected, f"batch_size={batch_size}")
+        np.testing.assert_allclose(fitted.anomaly_map(images), maps, rtol=1e-5, atol=1e-6)
+
+
+def check_scores_independent_of_sample_order(detector):
+    """Permuting the samples permutes the scores, nothing more."""
+    fitted = _fitted(detector)
+    images = _images(fitted, n=10, seed=1)
+    order = np.random.default_rng(0).permutation(len(images))
+    _assert_scores_close(
+        fitted.score_samples(images[order]), fitted.score_samples(images)[order], "permuted"
+    )
+
+
+def check_scoring_leaves_weights_unchanged(detector):
+    """No scoring path moves a weight or a buffer (BatchNorm running statistics)."""
+    fitted = _fitted(detector)
+    before = _state(fitted)
+    images = _images(fitted, n=6, seed=2)
+    fitted.score_samples(images)
+    fitted.anomaly_map(images)
+    fitted.predict(images)
+    after = _state(fitted)
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert not changed, f"scoring changed {changed}"
+
+
+def check_roi_contract(detector):
+    """Maps are NaN exactly outside the ROI and finite inside; scores are finite; absent
+    patches of a bag get NaN patch scores and all-NaN maps, and no say in the image
+    score."""
+    from .validation import as_patch_bags
+
+    fitted = _fitted(detector)
+    images = _images(fitted, n=6, seed=3)
+    maps = fitted.anomaly_map(images)
+    np.testing.assert_array_equal(np.isnan(maps), np.isnan(images))
+    assert np.isfinite(fitted.score_samples(images)).all()
+    bags = np.stack([images, np.full_like(images, np.nan), images[::-1]], axis=1)
+    bags = as_patch_bags(bags)
+    patch_scores = fitted.score_patches(bags)
+    assert np.isnan(patch_scores[:, 1]).all() and np.isfinite(patch_scores[:, [0, 2]]).all()
+    assert np.isnan(fitted.anomaly_map(bags)[:, 1]).all()
+    without_absent = as_patch_bags(np.ascontiguousarray(bags[:, [0, 2]]))
+    np.testing.assert_array_equal(fitted.score_samples(bags), fitted.score_samples(without_absent))
+
+
+def check_joblib_round_trip(detector):
+    """joblib.dump / joblib.load gives identical scores, maps and offset."""
+    fitted = _fitted(detector)
+    images = _images(fitted, n=6, seed=4)
+    buffer = io.BytesIO()
+    joblib.dump(fitted, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+    np.testing.assert_array_equal(loaded.anomaly_map(images), fitted.anomaly_map(images))
+    assert loaded.offset_ == fitted.offset_
+
+
+def check_save_model_round_trip(detector):
+    """skanomaly.io.save_model / load_model gives identical scores, signed or not."""
+    from ..io import load_model, save_model
+
+    fitted = _fitted(detector)
+    images = _images(fitted, n=6, seed=4)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.safetensors")
+        save_model(fitted, path, key=b"check")
+        loaded = load_model(path, key=b"check")
+    assert type(loaded) is type(fitted)
+    np.testing.assert_array_equal(loaded.score_samples(images), fitted.score_samples(images))
+    np.testing.assert_array_equal(loaded.anomaly_map(images), fitted.anomaly_map(images))
+    assert loaded.offset_ == fitted.offset_ and loaded.n_iter_ == fitted.n_iter_
+
+
+def check_one_patch_bag_equals_image(detector):
+    """A bag of one patch, an image with a channel axis and the image score alike."""
+    from .validation import as_patch_bags
+
+    fitted = _fitted(detector)
+    images = _images(fitted, n=5, seed=5)
+    expected = fitted.score_samples(images)
+    bags = as_patch_bags(images[:, None])
+    _assert_scores_close(fitted.score_samples(bags), expected, "one-patch bag")
+    _assert_scores_close(fitted.score_patches(bags)[:, 0], expected, "score_patches")
+    _assert_scores_close(fitted.score_samples(images[..., None]), expected, "channels last")
+    maps = fitted.anomaly_map(images)
+    np.testing.assert_allclose(fitted.anomaly_map(bags)[:, 0], maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fitted.anomaly_map(images[..., None])[..., 0], maps, rtol=1e-5, atol=1e-6)
+
+
+def check_random_state_determinism(detector):
+    """The same random_state gives the same model; torch's global RNG is untouched."""
+    images = _images(detector)
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    first = clone(detector).set_params(random_state=7).fit(images)
+    assert torch.equal(torch.rand(3), expected_draw), "fit drew from torch's global RNG"
+    second = clone(detector).set_params(random_state=7).fit(images)
+    np.testing.assert_array_equal(first.score_samples(images), second.score_samples(images))
+    third = clone(detector).set_params(random_state=8).fit(images)
+    assert not np.array_equal(first.score_samples(images), third.score_samples(images))
+
+
+def check_threaded_fits_match_sequential(detector):
+    """Detectors fitted at once in threads equal the same detectors fitted in turn."""
+    images = _images(detector)
+    seeds = (1, 2, 3)
+    sequential = [clone(detector).set_params(random_state=s).fit(images).score_samples(images) for s in seeds]
+    results = {}
+    barrier = threading.Barrier(len(seeds))
+
+    def work(seed):
+        fresh = clone(detector).set_params(random_state=seed)
+        barrier.wait()
+        results[seed] = fresh.fit(images).score_samples(images)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed, expected in zip(seeds, sequential):
+        np.testing.assert_array_equal(results[seed], expected, err_msg=f"random_state={seed}")
+
+
+def check_failed_fit_leaves_unfitted(detector):
+    """A fit that fails, also a refit of a fitted detector, leaves it unfitted."""
+    fitted = _fitted(detector)
+    images = _images(fitted)
+    broken = images.copy()
+    broken[0, 0, -1] = np.inf
+    try:
+        fitted.fit(broken)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("fit accepted inf")
+    try:
+        fitted.predict(images)
+    except NotFittedError:
+        return
+    raise AssertionError("a failed refit left the detector usable with stale state")
+
+
+def check_refuses_abnormal_labels(detector):
+    """fit(X, y) refuses labels that mark abnormal images; all-normal labels are fine."""
+    images = _images(detector)
+    y = np.zeros(len(images), dtype=int)
+    clone(detector).set_params(random_state=0).fit(images, y)
+    y[[2, 5]] = 1
+    try:
+        clone(detector).fit(images, y)
+    except ValueError as err:
+        assert "abnormal" in str(err) and "X[y == 0]" in str(err)
+        return
+    raise AssertionError("fit trained on images labelled abnormal")
+
+
+def check_refuses_values_outside_range(detector):
+    """Float images outside [0, 1] are refused in fit and in scoring, naming the fix."""
+    detector = clone(detector).set_params(value_range="auto", random_state=0)
+    images = _images(detector)
+    for bad in (images * 255, images * 2 - 1):
+        try:
+            clone(detector).fit(bad)
+        except ValueError as err:
+            assert "value_range" in str(err) and "Rescale" in str(err)
+        else:
+            raise AssertionError("fit accepted floats outside [0, 1]")
+    fitted = detector.fit(images)
+    try:
+        fitted.score_samples(images * 255)
+    except ValueError as err:
+        assert "value_range" in str(err)
+    else:
+        raise AssertionError("scoring accepted floats outside [0, 1]")
+    # An explicit range maps to [0, 1]: 8-bit data held as floats scores like [0, 1].
+    as_255 = clone(detector).set_params(value_range=(0, 255)).fit(np.round(images * 255))
+    np.testing.assert_allclose(
+        as_255.score_samples(np.round(images * 255)),
+        clone(detector).fit(np.round(images * 255) / 255).score_samples(np.round(images * 255) / 255),
+        rtol=1e-5,
+    )
+
+
+_CHECKS = [
+    check_scores_independent_of_batch_size,
+    check_scores_independent_of_sample_order,
+    check_scoring_leaves_weights_unchanged,
+    check_roi_contract,
+    check_joblib_round_trip,
+    check_save_model_round_trip,
+    check_one_patch_bag_equals_image,
+    check_random_state_determinism,
+    check_threaded_fits_match_sequential,
+    check_failed_fit_leaves_unfitted,
+    check_refuses_abnormal_labels,
+    check_refuses_values_outside_range,
+]
+
+
+def detector_checks():
+    """The detector-level check functions, each taking an (unfitted) detector."""
+    return list(_CHECKS)
+
+
+def parametrize_with_detector_checks(detectors):
+    """A ``pytest.mark.parametrize`` over ``(detector, check)`` for every detector.
+
+    Parameters
+    ----------
+    detectors : list of detector instances
+        Small, fast settings; each check clones its detector.
+
+    Returns
+    -------
+    decorator : pytest mark
+        Parametrises the arguments ``detector`` and ``check``.
+    """
+    import pytest
+
+    params, ids = [], []
+    for detector in detectors:
+        for check in _CHECKS:
+            params.append((detector, functools.partial(check)))
+            ids.append(f"{type(detector).__name__}-{check.__name__}")
+    return pytest.mark.parametrize("detector, check", params, ids=ids)
