@@ -170,6 +170,17 @@ def test_same_random_state_same_model_and_global_rng_untouched(images):
     assert not np.array_equal(first, third)
 
 
+def test_validation_batches_leave_the_global_rng_alone(images):
+    # skorch's DataLoader draws a base seed from torch's global generator for every
+    # iteration unless it has a generator of its own.
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    det = fast_cae(max_epochs=3, validation_fraction=0.25, random_state=0).fit(images)
+    assert "valid_loss" in det.history_[-1]
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_history_and_n_iter(fitted):
     assert fitted.n_iter_ == 2 and len(fitted.history_) == 2
     assert all("train_loss" in epoch for epoch in fitted.history_)

@@ -15,6 +15,7 @@ import torch
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
+from torch.utils.data import DataLoader
 
 from .augment import augment_batch
 from .random import make_generator, seeded_initialisation
@@ -100,7 +101,14 @@ class ImageNet(NeuralNet):
 
     def get_iterator(self, dataset, training=False):
         if not training:
-            return super().get_iterator(dataset, training=False)
+            # A DataLoader draws its workers' base seed from torch's global generator
+            # unless it has one of its own, so validation and prediction would advance
+            # the user's random stream. Without shuffling the seed is unused: any
+            # generator does.
+            iterator = super().get_iterator(dataset, training=False)
+            if isinstance(iterator, DataLoader) and iterator.generator is None:
+                iterator.generator = torch.Generator()
+            return iterator
         # skorch builds the DataLoader from iterator_train__* parameters; the shuffling
         # generator is fitted state, so it is handed over here.
         kwargs = self.get_params_for("iterator_train")
