@@ -2,12 +2,14 @@
 
 Subpackages: :mod:`skanomaly.detectors`, :mod:`skanomaly.preprocessing`,
 :mod:`skanomaly.datasets`; modules :mod:`skanomaly.io` (safe model files),
-:mod:`skanomaly.metrics`, :mod:`skanomaly.plotting`.
+:mod:`skanomaly.metrics`, :mod:`skanomaly.model_selection` (normal-only grid search,
+scorers, thresholds), :mod:`skanomaly.plotting`, :mod:`skanomaly.parallel`
+(scoring file archives, in-process or on a Dask cluster).
 """
 
 __version__ = "0.1.0.dev0"
 
-from . import datasets, detectors, metrics, preprocessing  # noqa: E402
+from . import datasets, detectors, metrics, model_selection, parallel, preprocessing  # noqa: E402
 from .detectors import CAEDetector, VAEDetector  # noqa: E402
 from .io import load_model, save_model  # noqa: E402
 
@@ -18,6 +20,8 @@ __all__ = [
     "detectors",
     "load_model",
     "metrics",
+    "model_selection",
+    "parallel",
     "preprocessing",
     "save_model",
 ]

@@ -5,11 +5,21 @@ convention), while medical-imaging papers report ROC AUC with abnormal as the po
 class; these helpers do the sign bookkeeping in one place.
 """
 
+from numbers import Real
+
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.utils.validation import column_or_1d
 
-__all__ = ["anomaly_roc_auc", "youden_cutoff", "roc_auc_anomaly_scorer", "dice_score"]
+__all__ = [
+    "anomaly_roc_auc",
+    "anomaly_average_precision",
+    "partial_anomaly_roc_auc",
+    "sensitivity_at_specificity",
+    "youden_cutoff",
+    "roc_auc_anomaly_scorer",
+    "dice_score",
+]
 
 
 def _check_labels(y_true):
@@ -42,6 +52,109 @@ def anomaly_roc_auc(y_true, normality_scores):
     1.0
     """
     return float(roc_auc_score(_check_labels(y_true), -np.asarray(normality_scores, dtype=float)))
+
+
+def anomaly_average_precision(y_true, normality_scores):
+    """Average precision of detecting abnormal images (label 1) from ``score_samples``.
+
+    The area under the precision-recall curve with abnormal as the positive class
+    (:func:`sklearn.metrics.average_precision_score` of the negated scores). Unlike ROC
+    AUC it depends on the share of abnormal images: chance level is that share.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 = abnormal, 0 = normal.
+    normality_scores : array-like of shape (n_samples,)
+        ``score_samples`` output: higher means more normal.
+
+    Returns
+    -------
+    average_precision : float
+
+    Examples
+    --------
+    >>> anomaly_average_precision([0, 0, 1, 1], [-0.1, -0.5, -0.3, -0.9])
+    0.8333333333333333
+    """
+    return float(
+        average_precision_score(_check_labels(y_true), -np.asarray(normality_scores, dtype=float))
+    )
+
+
+def partial_anomaly_roc_auc(y_true, normality_scores, *, max_fpr=0.1):
+    """Standardised partial ROC AUC over false-positive rates up to ``max_fpr``.
+
+    Screening works at low false-positive rates, where the full AUC says little. This
+    is :func:`sklearn.metrics.roc_auc_score` with ``max_fpr`` (McClish's
+    standardisation: 0.5 is chance, 1.0 perfect) on abnormal-as-positive scores.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 = abnormal, 0 = normal.
+    normality_scores : array-like of shape (n_samples,)
+        ``score_samples`` output: higher means more normal.
+    max_fpr : float in (0, 1], default=0.1
+        Largest false-positive rate (share of normal images flagged) the area covers.
+
+    Returns
+    -------
+    auc : float
+
+    Examples
+    --------
+    >>> partial_anomaly_roc_auc([0, 0, 1, 1], [-0.1, -0.2, -0.8, -0.9], max_fpr=0.1)
+    1.0
+    """
+    if not isinstance(max_fpr, Real) or isinstance(max_fpr, bool) or not 0 < max_fpr <= 1:
+        raise ValueError(f"max_fpr must be a float in (0, 1]; got {max_fpr!r}.")
+    return float(
+        roc_auc_score(
+            _check_labels(y_true), -np.asarray(normality_scores, dtype=float), max_fpr=max_fpr
+        )
+    )
+
+
+def sensitivity_at_specificity(y_true, normality_scores, *, specificity=0.9):
+    """Best sensitivity among cut-offs whose specificity is at least ``specificity``.
+
+    The share of abnormal images flagged when at most ``1 - specificity`` of the normal
+    images are: the highest point of the ROC curve at or left of that false-positive
+    rate (flagging nothing always qualifies, so the result is defined).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        1 = abnormal, 0 = normal.
+    normality_scores : array-like of shape (n_samples,)
+        ``score_samples`` output: higher means more normal.
+    specificity : float in [0, 1], default=0.9
+        Required share of normal images left unflagged.
+
+    Returns
+    -------
+    sensitivity : float
+
+    Examples
+    --------
+    >>> sensitivity_at_specificity([0, 0, 0, 0, 1, 1], [-1, -2, -3, -4, -3.5, -5], specificity=0.75)
+    1.0
+    >>> sensitivity_at_specificity([0, 0, 0, 0, 1, 1], [-1, -2, -3, -4, -3.5, -5], specificity=1.0)
+    0.5
+    """
+    if (
+        not isinstance(specificity, Real)
+        or isinstance(specificity, bool)
+        or not 0 <= specificity <= 1
+    ):
+        raise ValueError(f"specificity must be a float in [0, 1]; got {specificity!r}.")
+    fpr, tpr, _ = roc_curve(
+        _check_labels(y_true), -np.asarray(normality_scores, dtype=float), drop_intermediate=False
+    )
+    # A small tolerance: 1 - 0.9 is 0.09999999999999998, and an FPR of exactly 1/10
+    # must count as a specificity of 0.9.
+    return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())
 
 
 def youden_cutoff(y_true, normality_scores):

@@ -1,5 +1,6 @@
-"""The main job: ``python -m skanomaly demo``."""
+"""The command line: ``skanomaly fit / score / evaluate / demo`` (and ``python -m skanomaly``)."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,10 +10,17 @@ import joblib
 import numpy as np
 import pytest
 
+from PIL import Image
+
+from skanomaly import cli
 from skanomaly.cli import main
-from skanomaly.datasets import make_chest_phantoms
-from skanomaly.metrics import anomaly_roc_auc
+from skanomaly.datasets import load_images, make_chest_phantoms
+from skanomaly.detectors import CAEDetector
 from skanomaly.io import load_model
+from skanomaly.metrics import anomaly_roc_auc
+
+# Tiny settings: every fit below trains in about a second on one core.
+CAE_PARAMS = ["--param", "channels=4,8", "--param", "max_epochs=2", "--param", "lr=2e-3"]
 
 
 def test_demo_trains_reports_and_writes_model_and_figure(tmp_path, capsys):
@@ -57,4 +65,246 @@ def test_module_entry_point_prints_help():
     result = subprocess.run(
         [sys.executable, "-m", "skanomaly", "--help"], capture_output=True, text=True, check=True
     )
-    assert "demo" in result.stdout
+    for command in ("fit", "score", "evaluate", "demo"):
+        assert command in result.stdout
+    assert "NORMAL" in result.stdout  # the labelling rule is in the help
+
+
+# ----------------------------------------------------------------- fit / score / evaluate
+def _save_png(folder, name, image):
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(255 * image).astype(np.uint8)).save(folder / name)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """PNG phantoms: train/{NORMAL (30), ABNORMAL (5)} and test/{NORMAL, ABNORMAL} (12 + 12)."""
+    root = tmp_path_factory.mktemp("cli_data")
+    train = make_chest_phantoms(30, image_size=32, anomaly_fraction=0.0, random_state=0)
+    sick = make_chest_phantoms(5, image_size=32, anomaly_fraction=1.0, random_state=2)
+    test = make_chest_phantoms(24, image_size=32, anomaly_fraction=0.5, random_state=1)
+    for i, image in enumerate(train.images):
+        _save_png(root / "train" / "NORMAL", f"n{i:03d}.png", image)
+    for i, image in enumerate(sick.images):
+        _save_png(root / "train" / "ABNORMAL", f"a{i:03d}.png", image)
+    for i, (image, label) in enumerate(zip(test.images, test.labels)):
+        _save_png(root / "test" / ("ABNORMAL" if label else "NORMAL"), f"t{i:03d}.png", image)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_path(folders):
+    out = folders / "cae.skan"
+    code = main(["fit", "--detector", "CAEDetector", *CAE_PARAMS, "--train", str(folders / "train"),
+                 "--out", str(out), "--seed", "3", "--quiet"])
+    assert code == 0
+    return out
+
+
+def _read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_trains_on_the_normal_folder_only(folders, model_path, capsys):
+    """The file holds the model the Python API gives on the NORMAL images alone."""
+    normal = sorted((folders / "train" / "NORMAL").glob("*.png"))
+    expected = CAEDetector(channels=(4, 8), max_epochs=2, lr=2e-3, random_state=3, device="auto")
+    expected.fit(load_images(normal))
+    loaded = load_model(model_path)
+    assert loaded.get_params()["channels"] == (4, 8) and loaded.random_state == 3
+    X = load_images(sorted((folders / "test").rglob("*.png")))
+    np.testing.assert_allclose(loaded.score_samples(X), expected.score_samples(X), rtol=1e-5)
+    assert loaded.offset_ == pytest.approx(expected.offset_, rel=1e-5)
+    # ... and says so when it leaves images out.
+    out = folders / "again.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(folders / "train"),
+                 "--out", str(out)]) == 0
+    assert "training on its 30 normal images (label 0), leaving out 5 abnormal" in capsys.readouterr().err
+
+
+def test_score_writes_the_python_api_scores_and_maps(folders, model_path, tmp_path):
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    one_file = folders / "test" / "NORMAL" / sorted(p.name for p in (folders / "test" / "NORMAL").iterdir())[0]
+    code = main(["score", str(model_path), str(folders / "test"), str(one_file), "--out", str(out),
+                 "--maps", str(maps), "--batch-size", "5", "-q"])
+    assert code == 0
+    rows = _read_rows(out)
+    paths = [Path(r["path"]) for r in rows]
+    assert len(paths) == 24 and len(set(paths)) == 24  # the folder (recursive), no duplicate
+    model = load_model(model_path)
+    X = load_images(paths)
+    scores = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_array_equal(scores, model.score_samples(X))
+    np.testing.assert_allclose([float(r["decision"]) for r in rows], model.decision_function(X), atol=1e-12)
+    np.testing.assert_array_equal([int(r["prediction"]) for r in rows], model.predict(X))
+    names = [r["map"] for r in rows]
+    assert sorted(p.name for p in maps.iterdir()) == sorted(names)
+    overlay = np.asarray(Image.open(maps / names[0]))
+    assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_score_in_chunks_writes_the_same_csv(folders, model_path, tmp_path):
+    """--chunk-size hands the files to skanomaly.parallel.score_files: same rows."""
+    whole, chunked = tmp_path / "whole.csv", tmp_path / "chunked.csv"
+    assert main(["score", str(model_path), str(folders / "test"), "--out", str(whole), "-q"]) == 0
+    assert main(["score", str(model_path), str(folders / "test"), "--out", str(chunked),
+                 "--chunk-size", "5", "-q"]) == 0
+    a, b = _read_rows(whole), _read_rows(chunked)
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    np.testing.assert_allclose([float(r["score"]) for r in a], [float(r["score"]) for r in b], rtol=1e-6)
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+
+
+def test_evaluate_reports_metrics_recomputed_from_the_score_csv(folders, model_path, tmp_path, capsys):
+    report_dir = tmp_path / "report"
+    code = main(["evaluate", str(model_path), "--data", str(folders / "test"), "--report", str(report_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((report_dir / "report.json").read_text())
+    assert f"ROC AUC {report['roc_auc']:.4f}" in printed
+    # Labels from the layout (NORMAL = 0, other class folders = 1), scores from `score`.
+    main(["score", str(model_path), str(folders / "test"), "--out", str(tmp_path / "s.csv"), "-q"])
+    rows = _read_rows(tmp_path / "s.csv")
+    y = np.array([0 if Path(r["path"]).parent.name == "NORMAL" else 1 for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    assert report["roc_auc"] == pytest.approx(anomaly_roc_auc(y, scores), abs=1e-12)
+    assert (report["n_normal"], report["n_abnormal"]) == (12, 12)
+    flagged = np.array([int(r["prediction"]) for r in rows]) == -1
+    assert report["sensitivity"] == pytest.approx(flagged[y == 1].mean())
+    assert report["specificity"] == pytest.approx(1 - flagged[y == 0].mean())
+    assert report["threshold"] == load_model(model_path).offset_
+    png = (report_dir / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert len(_read_rows(report_dir / "scores.csv")) == 24
+
+
+def test_csv_input_with_class_names_and_config_files(folders, tmp_path):
+    """A CSV (relative paths, class-name labels) trains on its normal rows; a JSON and a
+    YAML config give the same model as the flags."""
+    listing = folders / "train_list.csv"  # beside the folders: its paths are relative to it
+    with open(listing, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["Path", "label"])
+        for p in sorted((folders / "train").rglob("*.png")):
+            writer.writerow([p.relative_to(folders).as_posix(), p.parent.name.lower()])
+    config = tmp_path / "cae.json"
+    config.write_text(json.dumps({"detector": {"CAEDetector": {"channels": [4, 8], "max_epochs": 2, "lr": 2e-3}}}))
+    pytest.importorskip("yaml")
+    yaml_config = tmp_path / "cae.yaml"
+    yaml_config.write_text("detector:\n  CAEDetector: {channels: [4, 8], max_epochs: 2, lr: 0.002}\n")
+    for name, how in [("csv", ["--detector", "CAEDetector", *CAE_PARAMS]), ("json", ["--config", str(config)]),
+                      ("yaml", ["--config", str(yaml_config)])]:
+        assert main(["fit", *how, "--train", str(listing), "--out", str(tmp_path / f"{name}.skan"), "-q"]) == 0
+    X = load_images(sorted((folders / "test").rglob("*.png")))
+    reference = load_model(tmp_path / "csv.skan").score_samples(X)
+    for name in ("json", "yaml"):
+        np.testing.assert_array_equal(load_model(tmp_path / f"{name}.skan").score_samples(X), reference)
+
+
+def test_pipeline_of_steps_round_trips_and_maps_come_back_at_image_size(folders, tmp_path):
+    model = tmp_path / "pipe.skan"
+    code = main(["fit", "--detector", "CAEDetector", *CAE_PARAMS, "--step", "Resize:size=24",
+                 "--step", "clahe:kernel_size=8,clip_limit=0.02", "--train", str(folders / "train"),
+                 "--out", str(model), "-q"])
+    assert code == 0
+    pipe = load_model(model)
+    assert [type(step).__name__ for _, step in pipe.steps] == ["Resize", "CLAHE", "CAEDetector"]
+    assert pipe[1].kernel_size == 8 and pipe[-1].image_shape_ == (24, 24)
+    assert main(["score", str(model), str(folders / "test"), "--out", str(tmp_path / "s.csv"),
+                 "--maps", str(tmp_path / "maps"), "-q"]) == 0
+    rows = _read_rows(tmp_path / "s.csv")
+    X = load_images([r["path"] for r in rows])
+    np.testing.assert_array_equal([float(r["score"]) for r in rows], pipe.score_samples(X))
+    assert np.asarray(Image.open(tmp_path / "maps" / rows[0]["map"])).shape == (32, 32, 3)
+
+
+def test_parse_value_reads_literals_and_never_evaluates_code():
+    assert cli.parse_value("16,32,64") == (16, 32, 64)
+    assert cli.parse_value("('topk', 5)") == ("topk", 5)
+    assert cli.parse_value("[1, [2, 3]]") == (1, (2, 3))
+    assert cli.parse_value("2e-3") == 0.002
+    assert cli.parse_value("true") is True and cli.parse_value("None") is None
+    assert cli.parse_value("mse") == "mse"
+    assert cli.parse_value("__import__('os').system('echo hi')") == "__import__('os').system('echo hi')"
+    assert cli._split_assignments("clip_limit=0.02,kernel_size=(8, 8)") == ["clip_limit=0.02", "kernel_size=(8, 8)"]
+
+
+def _tampered(model_path, tmp_path):
+    data = bytearray(model_path.read_bytes())
+    data[-10] ^= 0xFF  # a weight byte: the SHA-256 check fails
+    path = tmp_path / "tampered.skan"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown_detector", "invalid choice: 'Nope' (choose from 'CAEDetector', 'VAEDetector')"),
+        ("unknown_step", "unknown step 'Blur' (choose from CLAHE"),
+        ("unknown_param", "CAEDetector has no parameter 'foo' (choose from channels"),
+        ("bad_param_value", "The 'lr' parameter of CAEDetector"),
+        ("missing_step_param", "step Resize needs size=..."),
+        ("missing_folder", "--train"),
+        ("zero_batch_size", "argument --batch-size: expected a positive integer, got '0'"),
+        ("unknown_device", "device='tpu' is not a valid device"),
+        ("yaml_without_pyyaml", "needs pyyaml"),
+        ("out_folder_missing", "does not exist"),
+        ("unreadable_model", "is not a readable skanomaly model file"),
+        ("tampered_model", "failed its integrity check"),
+        ("unlabelled_evaluate", "has no labels"),
+        ("save_fails_after_training", "disk full"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_and_leave_nothing(case, expected, folders, model_path, tmp_path,
+                                                           capsys, monkeypatch):
+    train, test = str(folders / "train"), str(folders / "test")
+    out = tmp_path / "out"
+    out.mkdir()
+    fit = ["fit", "--detector", "CAEDetector", *CAE_PARAMS, "--train", train, "--out", str(out / "m.skan")]
+    score = ["score", str(model_path), test, "--out", str(out / "s.csv"), "--maps", str(out / "maps")]
+    if case == "yaml_without_pyyaml":
+        monkeypatch.setitem(sys.modules, "yaml", None)
+        (tmp_path / "c.yaml").write_text("detector: CAEDetector\n")
+    if case == "save_fails_after_training":
+        def full(*args, **kwargs):
+            Path(args[1]).write_bytes(b"partial")
+            raise OSError("disk full")
+        monkeypatch.setattr("skanomaly.io.save_model", full)
+    argv = {
+        "unknown_detector": ["fit", "--detector", "Nope", "--train", train, "--out", str(out / "m.skan")],
+        "unknown_step": fit + ["--step", "Blur"],
+        "unknown_param": fit + ["--param", "foo=1"],
+        "bad_param_value": fit + ["--param", "lr=-1"],
+        "missing_step_param": fit + ["--step", "resize"],
+        "missing_folder": fit[:-4] + ["--train", str(tmp_path / "nope"), "--out", str(out / "m.skan")],
+        "zero_batch_size": fit + ["--batch-size", "0"],
+        "unknown_device": score + ["--device", "tpu"],
+        "yaml_without_pyyaml": ["fit", "--config", str(tmp_path / "c.yaml"), "--train", train, "--out",
+                                str(out / "m.skan")],
+        "out_folder_missing": score[:3] + ["--out", str(out / "no" / "s.csv")],
+        "unreadable_model": ["score", str(next((folders / "test" / "NORMAL").iterdir())), test,
+                             "--out", str(out / "s.csv")],
+        "tampered_model": ["score", str(_tampered(model_path, tmp_path)), *score[2:]],
+        "unlabelled_evaluate": ["evaluate", str(model_path), "--data", str(folders / "test" / "NORMAL"),
+                                "--report", str(out / "report")],
+        "save_fails_after_training": fit + ["-q"],
+    }[case]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skanomaly ") and ": error: " in err
+    assert expected in err and "Traceback" not in err
+    assert list(out.iterdir()) == []  # no output, no temporary file
+
+
+def test_demo_failing_after_training_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("no figure today")
+
+    monkeypatch.setattr("skanomaly.plotting.plot_anomaly_overlays", broken)
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--n-train", "20", "--n-test", "10", "--epochs", "1", "-q"])
+    assert code == 2 and "no figure today" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

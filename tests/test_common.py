@@ -17,6 +17,7 @@ import warnings
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly.detectors import CAEDetector, VAEDetector
+from skanomaly.model_selection import ThresholdTuner
 from skanomaly.preprocessing import (
     CLAHE,
     FilmCrop,
@@ -54,6 +55,15 @@ VAEDetectorLabelsIgnored = _labels_ignored(VAEDetector)
 LABELS_IGNORED = [
     CAEDetectorLabelsIgnored(channels=(4,), **FAST_DETECTOR),
     VAEDetectorLabelsIgnored(channels=(), latent_dim=2, **FAST_DETECTOR),
+]
+
+# ThresholdTuner around a fast detector: method="fpr" is the one that also works
+# without labels (fit(X) = all images normal), and cv=0.5 is one split, one training.
+FAST_TUNER = dict(method="fpr", target=0.2, cv=0.5, random_state=0)
+ThresholdTunerLabelsIgnored = _labels_ignored(ThresholdTuner)
+TUNERS = [
+    ThresholdTuner(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_TUNER),
+    ThresholdTunerLabelsIgnored(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_TUNER),
 ]
 
 TRANSFORMERS = [
@@ -123,7 +133,39 @@ _DETECTOR_CHECKS_WITH_Y = [
     "check_readonly_memmap_input",
 ]
 
+# ThresholdTuner checks its labels (0 = normal, 1 = abnormal) before its detector sees
+# X, so every check that passes class-like y fails on the labels first, also those
+# about X (sparse input, one feature, negative values); the *LabelsIgnored entry
+# runs them all.
+_TUNER_LABELS = (
+    "calls fit(X, y) with class-like labels (0, 1, 2, ...); ThresholdTuner takes 0 = "
+    "normal, 1 = abnormal only, checked before X; passes with y dropped (the "
+    "*LabelsIgnored entry)"
+)
+_TUNER_CHECKS_WITH_Y = [
+    "check_classifier_data_not_an_array",
+    "check_dict_unchanged",
+    "check_dont_overwrite_parameters",
+    "check_dtype_object",
+    "check_estimator_sparse_array",
+    "check_estimator_sparse_matrix",
+    "check_estimator_sparse_tag",
+    "check_estimators_dtypes",
+    "check_estimators_fit_returns_self",
+    "check_estimators_overwrite_params",
+    "check_f_contiguous_array_estimator",
+    "check_fit2d_1feature",
+    "check_fit2d_predict1d",
+    "check_fit_score_takes_y",
+    "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance",
+    "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit",
+    "check_readonly_memmap_input",
+]
+
 EXPECTED_FAILURES = {
+    "ThresholdTuner": dict.fromkeys(_TUNER_CHECKS_WITH_Y, _TUNER_LABELS),
     "CAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "VAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "MaskApplier": {
@@ -154,7 +196,7 @@ def _expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    DETECTORS + LABELS_IGNORED + TRANSFORMERS, expected_failed_checks=_expected_failed_checks
+    DETECTORS + LABELS_IGNORED + TUNERS + TRANSFORMERS, expected_failed_checks=_expected_failed_checks
 )
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():

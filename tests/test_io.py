@@ -139,7 +139,7 @@ def test_signed_file_refuses_forgery_and_unsigned_files(fitted, images, tmp_path
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda h, t: h.update({"class": "builtins.eval"}), "unknown detector class 'builtins.eval'"),
+        (lambda h, t: h.update({"class": "builtins.eval"}), "unknown class 'builtins.eval'"),
         (lambda h, t: h["params"].update(batch_size=0), r"invalid parameters.*batch_size"),
         (lambda h, t: h["params"].update(lr="x"), r"invalid parameters.*lr"),
         (lambda h, t: h["params"].update(surprise=1), r"parameters \['surprise'\] that"),

@@ -96,6 +96,64 @@ class BaseImageTransformer(TransformerMixin, BaseEstimator):
         images = self._validate(X, reset=False)
         return self._layout_output(X, images, self._transform_images(images))
 
+    # ------------------------------------------------------------- persistence
+    # ``n_features_in_`` is this many times the pixels of ``image_shape_`` (MaskApplier's
+    # flattened input holds an image and its mask: 1 or 2 planes).
+    _fitted_planes = (1,)
+
+    def _fitted_state(self):
+        """JSON-serialisable fitted attributes (for :func:`skanomaly.io.save_model`).
+
+        The transformers learn nothing from pixel values: their fitted state is the
+        image size seen in ``fit`` (and feature names), from which ``_fit_images``
+        derives the rest (a patch grid). A transformer that learns from pixel values
+        must override this pair of methods.
+        """
+        state = {
+            "image_shape_": [int(s) for s in self.image_shape_],
+            "n_features_in_": int(self.n_features_in_),
+        }
+        if hasattr(self, "feature_names_in_"):
+            state["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
+        return state
+
+    def _set_fitted_state(self, state):
+        """Set the fitted attributes from ``_fitted_state()`` output, checking types and
+        ranges first (it may come from a file), then re-derive what ``fit`` derives
+        from the image size; nothing of the image's size is allocated."""
+
+        def fail(what):
+            raise ValueError(f"invalid fitted state in the model file: {what}")
+
+        known = {"image_shape_", "n_features_in_", "feature_names_in_"}
+        if not isinstance(state, dict) or set(state) - known:
+            fail(f"not a mapping of {sorted(known)}")
+        shape = state.get("image_shape_")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(type(s) is int and 1 <= s <= 2**16 for s in shape)
+        ):
+            fail(f"image_shape_={shape!r}")
+        n_features = state.get("n_features_in_")
+        pixels = shape[0] * shape[1]
+        allowed = [k * pixels for k in self._fitted_planes]
+        if type(n_features) is not int or n_features not in allowed:
+            fail(f"n_features_in_={n_features!r} for images of {shape}")
+        names = state.get("feature_names_in_")
+        if names is not None and (
+            not isinstance(names, list)
+            or len(names) != n_features
+            or not all(isinstance(n, str) for n in names)
+        ):
+            fail("feature_names_in_")
+        # A read-only zero-stride view: _fit_images only looks at the image size.
+        self._fit_images(np.broadcast_to(np.float32(0), (1, shape[0], shape[1])))
+        self.image_shape_ = tuple(shape)
+        self.n_features_in_ = int(n_features)
+        if names is not None:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+
     @staticmethod
     def _layout_output(X, images, out):
         if input_ndim(X) == 2 and out.shape == images.shape:

@@ -476,6 +476,8 @@ class MaskApplier(BaseImageTransformer):
     """
 
     _parameter_constraints = {"image_shape": [None, tuple, list]}
+    # n_features_in_: the pixels of one image (stacked input) or of image + mask (flat).
+    _fitted_planes = (1, 2)
 
     def __init__(self, *, image_shape=None):
         self.image_shape = image_shape

@@ -8,6 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ..utils.validation import as_patch_bags
 from ._base import BaseImageTransformer
 
 __all__ = ["PatchExtractor"]
@@ -157,7 +158,9 @@ class PatchExtractor(BaseImageTransformer):
                     "produced the NaN."
                 )
             bags[absent] = np.nan
-        return bags
+        # Marked, so that detectors read a bag of 3 or 4 patches as a bag and not as
+        # RGB(A) images (the data contract's one ambiguous shape).
+        return as_patch_bags(bags)
 
     def _present_patches(self, roi):
         """Which patches are kept, ``(N, P)`` of bool, from the ROI masks ``(N, H, W)``.

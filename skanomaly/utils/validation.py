@@ -44,7 +44,17 @@ class PatchBags(np.ndarray):
     refuse; the mark (kept through slicing and indexing, lost by ``np.asarray`` or
     a round trip through a file) tells them it is a bag. Mark an array yourself with
     :func:`as_patch_bags`.
+
+    Results that are not 4-D (reductions over the patch axes, such as
+    ``np.isnan(bags).all(axis=(2, 3))``) come back as plain arrays.
     """
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        result = super().__array_wrap__(array, context, return_scalar)
+        if isinstance(result, PatchBags) and result.ndim != 4:
+            result = result.view(np.ndarray)
+            return result[()] if return_scalar else result
+        return result
 
 
 def as_patch_bags(X):
