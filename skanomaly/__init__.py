@@ -10,10 +10,11 @@ scorers, thresholds), :mod:`skanomaly.plotting`, :mod:`skanomaly.parallel`
 __version__ = "0.1.0.dev0"
 
 from . import datasets, detectors, metrics, model_selection, parallel, preprocessing  # noqa: E402
-from .detectors import CAEDetector, VAEDetector  # noqa: E402
+from .detectors import AnoGANDetector, CAEDetector, VAEDetector  # noqa: E402
 from .io import load_model, save_model  # noqa: E402
 
 __all__ = [
+    "AnoGANDetector",
     "CAEDetector",
     "VAEDetector",
     "datasets",

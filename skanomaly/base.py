@@ -374,6 +374,10 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
                     modules[f"{attribute}{name}"] = module
         return modules
 
+    def _scoring_batch_size(self):
+        """Samples scored together; scores never depend on it."""
+        return self.batch_size
+
     def _scoring_context(self):
         """Autograd mode of scoring: none at all, unless a detector needs gradients."""
         return torch.inference_mode()
@@ -401,13 +405,14 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         n = samples.shape[0]
         anomalies = np.empty(n, dtype=np.float64)
         maps = np.empty(samples.shape, dtype=np.float32) if want_maps else None
-        starts = range(0, n, self.batch_size)
+        batch_size = self._scoring_batch_size()
+        starts = range(0, n, batch_size)
         if self.verbose:
             starts = tqdm(starts, desc=f"{type(self).__name__} scoring", unit="batch")
         for start in starts:
             # Built outside the scoring context, so that a detector scoring under
             # enable_grad gets ordinary tensors that can take part in autograd.
-            batch = torch.from_numpy(samples[start : start + self.batch_size]).to(device)[:, None]
+            batch = torch.from_numpy(samples[start : start + batch_size]).to(device)[:, None]
             roi = ~torch.isnan(batch)
             filled = torch.nan_to_num(batch, nan=0.0)
             with self._scoring_context():

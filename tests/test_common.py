@@ -16,7 +16,7 @@ import warnings
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skanomaly.detectors import CAEDetector, VAEDetector
+from skanomaly.detectors import AnoGANDetector, CAEDetector, VAEDetector
 from skanomaly.model_selection import ThresholdTuner
 from skanomaly.preprocessing import (
     CLAHE,
@@ -34,9 +34,18 @@ from skanomaly.utils.estimator_checks import parametrize_with_detector_checks
 STRIP = dict(image_shape=(1, -1))
 FAST_DETECTOR = dict(max_epochs=2, batch_size=16, random_state=0, augment=None, value_range=None, **STRIP)
 
+_FAST_GAN = {key: value for key, value in FAST_DETECTOR.items() if key != "augment"}
+# offset_ from every training image (the checks count outliers against contamination
+# exactly) and a float contamination: with a 3-step search on random blobs the scores
+# are too alike for the "auto" rule to flag any.
+FAST_ANOGAN = dict(
+    channels=(2,), latent_dim=2, n_search_steps=3, n_offset_samples=1000, contamination=0.1, **_FAST_GAN
+)
+
 DETECTORS = [
     CAEDetector(channels=(4,), **FAST_DETECTOR),
     VAEDetector(channels=(), latent_dim=2, **FAST_DETECTOR),
+    AnoGANDetector(**FAST_ANOGAN),
 ]
 
 
@@ -51,10 +60,12 @@ def _labels_ignored(detector_class):
 
 CAEDetectorLabelsIgnored = _labels_ignored(CAEDetector)
 VAEDetectorLabelsIgnored = _labels_ignored(VAEDetector)
+AnoGANDetectorLabelsIgnored = _labels_ignored(AnoGANDetector)
 
 LABELS_IGNORED = [
     CAEDetectorLabelsIgnored(channels=(4,), **FAST_DETECTOR),
     VAEDetectorLabelsIgnored(channels=(), latent_dim=2, **FAST_DETECTOR),
+    AnoGANDetectorLabelsIgnored(**FAST_ANOGAN),
 ]
 
 # ThresholdTuner around a fast detector: method="fpr" is the one that also works
@@ -168,6 +179,7 @@ EXPECTED_FAILURES = {
     "ThresholdTuner": dict.fromkeys(_TUNER_CHECKS_WITH_Y, _TUNER_LABELS),
     "CAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "VAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
+    "AnoGANDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "MaskApplier": {
         check: _ODD_FEATURES
         for check in [
@@ -215,6 +227,8 @@ FAST_IMAGE_DETECTORS = [
     CAEDetector(channels=(4, 8), max_epochs=2, batch_size=8, augment="advanced"),
     CAEDetector(channels=(4,), max_epochs=2, batch_size=8, anomaly_score=("topk", 7), augment=None),
     VAEDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="l1+kld"),
+    AnoGANDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=4),
+    AnoGANDetector(channels=(4,), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="discriminator"),
 ]
 
 

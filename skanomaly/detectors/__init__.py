@@ -1,5 +1,6 @@
 """The anomaly detectors, one scikit-learn outlier detector per paper's system."""
 
+from ._anogan import AnoGANDetector
 from ._autoencoders import CAEDetector, VAEDetector
 
-__all__ = ["CAEDetector", "VAEDetector"]
+__all__ = ["AnoGANDetector", "CAEDetector", "VAEDetector"]
