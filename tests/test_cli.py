@@ -242,7 +242,7 @@ def _tampered(model_path, tmp_path):
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("unknown_detector", "invalid choice: 'Nope' (choose from 'AnoGANDetector', 'CAEDetector', 'VAEDetector')"),
+        ("unknown_detector", "invalid choice: 'Nope' (choose from 'AnoGANDetector', 'CAEDetector', 'FAnoGANDetector', 'VAEDetector')"),
         ("unknown_step", "unknown step 'Blur' (choose from CLAHE"),
         ("unknown_param", "CAEDetector has no parameter 'foo' (choose from channels"),
         ("bad_param_value", "The 'lr' parameter of CAEDetector"),

@@ -16,7 +16,7 @@ import warnings
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skanomaly.detectors import AnoGANDetector, CAEDetector, VAEDetector
+from skanomaly.detectors import AnoGANDetector, CAEDetector, FAnoGANDetector, VAEDetector
 from skanomaly.model_selection import ThresholdTuner
 from skanomaly.preprocessing import (
     CLAHE,
@@ -42,10 +42,17 @@ FAST_ANOGAN = dict(
     channels=(2,), latent_dim=2, n_search_steps=3, n_offset_samples=1000, contamination=0.1, **_FAST_GAN
 )
 
+# Strips of up to 10 px pad to the 16 px of a three-scale GAN; contamination as AnoGAN's.
+FAST_FANOGAN = dict(
+    encoder="critic", gan_channels=(8, 8, 8), latent_dim=2, gan_iterations=4, gan_batch_size=8,
+    contamination=0.1, **_FAST_GAN
+)
+
 DETECTORS = [
     CAEDetector(channels=(4,), **FAST_DETECTOR),
     VAEDetector(channels=(), latent_dim=2, **FAST_DETECTOR),
     AnoGANDetector(**FAST_ANOGAN),
+    FAnoGANDetector(**FAST_FANOGAN),
 ]
 
 
@@ -61,11 +68,13 @@ def _labels_ignored(detector_class):
 CAEDetectorLabelsIgnored = _labels_ignored(CAEDetector)
 VAEDetectorLabelsIgnored = _labels_ignored(VAEDetector)
 AnoGANDetectorLabelsIgnored = _labels_ignored(AnoGANDetector)
+FAnoGANDetectorLabelsIgnored = _labels_ignored(FAnoGANDetector)
 
 LABELS_IGNORED = [
     CAEDetectorLabelsIgnored(channels=(4,), **FAST_DETECTOR),
     VAEDetectorLabelsIgnored(channels=(), latent_dim=2, **FAST_DETECTOR),
     AnoGANDetectorLabelsIgnored(**FAST_ANOGAN),
+    FAnoGANDetectorLabelsIgnored(**FAST_FANOGAN),
 ]
 
 # ThresholdTuner around a fast detector: method="fpr" is the one that also works
@@ -180,6 +189,16 @@ EXPECTED_FAILURES = {
     "CAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "VAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
     "AnoGANDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
+    "FAnoGANDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
+    # sklearn compares decision_function across sample orders and subsets at rtol 1e-7;
+    # float32 GEMM/convolution kernels block by batch shape, and behind PixelNorm and
+    # equalised weights two scores of 20 differ by 3e-7 relative (measured). Samples
+    # are not coupled: the package's own order and batch-size checks pass at 1e-5.
+    "FAnoGANDetectorLabelsIgnored": dict.fromkeys(
+        ["check_methods_sample_order_invariance", "check_methods_subset_invariance"],
+        "float32 kernels that block by batch shape: scores agree to ~3e-7 relative, "
+        "sklearn asks 1e-7; check_scores_independent_of_sample_order holds them to 1e-5",
+    ),
     "MaskApplier": {
         check: _ODD_FEATURES
         for check in [
@@ -229,6 +248,10 @@ FAST_IMAGE_DETECTORS = [
     VAEDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="l1+kld"),
     AnoGANDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=4),
     AnoGANDetector(channels=(4,), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="discriminator"),
+    FAnoGANDetector(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
+                    max_epochs=2, batch_size=8),
+    FAnoGANDetector(generator="wgan-gp", encoder="resnet18", loss="izif", anomaly_score="izif",
+                    gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, max_epochs=2, batch_size=8),
 ]
 
 

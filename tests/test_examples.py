@@ -3,7 +3,7 @@
 Each example prints the ROC AUC of its detector on held-back phantoms; the floors
 below sit a few hundredths under the measured figures (2-core CPU, torch 2.14.1:
 plot_cae_phantoms 0.924, plot_patch_pipeline 0.844, plot_grid_search_phantoms
-0.897), so an example that stops detecting anything fails here.
+0.897, plot_fanogan_patches 0.668), so an example that stops detecting anything fails here.
 """
 
 import re
@@ -24,6 +24,7 @@ AUC_FLOORS = {
     "plot_cae_phantoms.py": 0.88,
     "plot_patch_pipeline.py": 0.78,
     "plot_grid_search_phantoms.py": 0.85,
+    "plot_fanogan_patches.py": 0.62,
 }
 
 

@@ -2,5 +2,6 @@
 
 from ._anogan import AnoGANDetector
 from ._autoencoders import CAEDetector, VAEDetector
+from ._fanogan import FAnoGANDetector
 
-__all__ = ["AnoGANDetector", "CAEDetector", "VAEDetector"]
+__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "VAEDetector"]

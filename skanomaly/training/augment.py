@@ -1,4 +1,5 @@
-"""Batch data augmentation of the hand X-ray paper (appendix, "default" / "advanced").
+"""Batch data augmentation: the hand X-ray paper's ("default" / "advanced") and f-AnoGAN's
+horizontal flips ("hflip").
 
 Runs on the training device on ``(B, 1, H, W)`` tensors with NaN outside the region
 of interest; geometric transforms move the ROI with the image. Random numbers come
@@ -15,7 +16,7 @@ from .random import rand
 
 __all__ = ["augment_batch", "AUGMENTATIONS"]
 
-AUGMENTATIONS = ("default", "advanced")
+AUGMENTATIONS = ("default", "advanced", "hflip")
 
 
 def _flip(x, dim, generator):
@@ -26,6 +27,7 @@ def _flip(x, dim, generator):
 def augment_batch(x, mode, generator):
     """Augment a batch as the paper does.
 
+    ``"hflip"``: horizontal flips with probability 0.5 (f-AnoGAN's GAN training).
     ``"default"``: horizontal and vertical flips, each with probability 0.5.
     ``"advanced"``: the flips, then, each with probability 0.5, brightness x U(0.8, 1.2),
     independent x/y scaling by U(0.8, 1.2) and rotation by U(-20, 20) degrees.
@@ -34,6 +36,8 @@ def augment_batch(x, mode, generator):
     """
     if mode is None:
         return x
+    if mode == "hflip":
+        return _flip(x, -1, generator)
     x = _flip(_flip(x, -1, generator), -2, generator)
     if mode == "default":
         return x

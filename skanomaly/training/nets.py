@@ -31,7 +31,7 @@ class ImageNet(NeuralNet):
     *args, **kwargs
         As :class:`skorch.NeuralNet`. The criterion is called as
         ``criterion(y_pred, x, roi)`` with ``x`` NaN-filled and ``roi`` boolean.
-    augment : None, "default" or "advanced"
+    augment : None, "default", "advanced" or "hflip"
         Batch augmentation applied in training steps only
         (:func:`skanomaly.training.augment.augment_batch`).
     random_seed : int, default=0

@@ -80,7 +80,10 @@ def check_scores_independent_of_batch_size(detector):
     for batch_size in (1, 3, 64):
         fitted.set_params(batch_size=batch_size)
         _assert_scores_close(fitted.score_samples(images), expected, f"batch_size={batch_size}")
-        np.testing.assert_allclose(fitted.anomaly_map(images), maps, rtol=1e-5, atol=1e-6)
+        # Maps are differences of pixels in [0, 1]: float32 kernels that block by batch
+        # size move them by up to ~1e-5 behind a normalising layer (PixelNorm); any
+        # real coupling of samples (batch statistics) moves them by orders more.
+        np.testing.assert_allclose(fitted.anomaly_map(images), maps, rtol=1e-5, atol=2e-5)
 
 
 def check_scores_independent_of_sample_order(detector):
@@ -261,12 +264,21 @@ def check_refuses_values_outside_range(detector):
         raise AssertionError("scoring accepted floats outside [0, 1]")
     # An explicit range maps to [0, 1]: 8-bit data held as floats scores like [0, 1].
     as_255 = clone(detector).set_params(value_range=(0, 255)).fit(np.round(images * 255))
-    # Not bit-equal: (x - 0) / 255 and x / 255 round differently, and training (a GAN's
-    # above all) carries the last bits on; a wrong mapping is off by far more.
+    scores_255 = as_255.score_samples(np.round(images * 255))
+    # Scoring: the same fitted networks see the same pixels, up to the rounding of
+    # (x - 0) / 255 against x / 255.
+    _assert_scores_close(
+        scores_255,
+        as_255.set_params(value_range=(0, 1)).score_samples(np.round(images * 255) / 255),
+        "value_range=(0, 255) against [0, 1] pixels",
+    )
+    # Training: not bit-equal, since training (a GAN's, a ResNet's with BatchNorm, above
+    # all) carries those last bits on and amplifies them (up to ~3e-3 relative
+    # measured); a wrong mapping (pixels 255 times too bright) is off by far more.
     np.testing.assert_allclose(
-        as_255.score_samples(np.round(images * 255)),
+        scores_255,
         clone(detector).fit(np.round(images * 255) / 255).score_samples(np.round(images * 255) / 255),
-        rtol=1e-3,
+        rtol=2e-2,
     )
 
 
