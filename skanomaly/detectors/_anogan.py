@@ -9,6 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ..base import BaseDeepDetector
 from ..nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from ..training.latent_search import latent_search
+from ..training.nets import pad_to_side
 from ..training.stages import GANNet
 
 __all__ = ["AnoGANDetector"]
@@ -180,9 +181,7 @@ device, random_state, verbose, callbacks
 
     def _pad(self, x, value):
         """Pad ``(..., H, W)`` at the bottom and right to the network's square side."""
-        side = self._network_side()
-        height, width = x.shape[-2:]
-        return torch.nn.functional.pad(x, (0, side - width, 0, side - height), value=value)
+        return pad_to_side(x, self._network_side(), value)
 
     # ------------------------------------------------------------- training
     def _fit_networks(self, samples, owners, y, device):

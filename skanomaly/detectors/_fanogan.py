@@ -13,7 +13,8 @@ from ..base import BaseDeepDetector, _clone_callback
 from ..nn.encoders import ENCODERS, Encoder
 from ..nn.fanogan import ResidualCritic, ResidualGenerator
 from ..nn.progressive import ProgressiveDiscriminator, ProgressiveGenerator
-from ..training.encoder import ENCODER_LOSSES, EncoderNet, pad_to_side
+from ..training.encoder import ENCODER_LOSSES, EncoderNet
+from ..training.nets import pad_to_side
 from ..training.progressive import PAPER_ITERATIONS, ProgressiveGANNet, paper_schedule
 from ..training.stages import GANNet, MaxIter
 

@@ -31,13 +31,13 @@ from torch.nn import functional as F
 
 from .augment import augment_batch
 from .losses import masked_mean
+from .nets import pad_to_side
 from .random import make_generator, randn
 from .stages import StageNet
 
 __all__ = [
     "ENCODER_LOSSES",
     "ENCODER_SCORES",
-    "pad_to_side",
     "encode_decode",
     "encoder_loss",
     "encoder_scores",
@@ -47,14 +47,6 @@ __all__ = [
 
 ENCODER_LOSSES = ("izi", "ziz", "izif", "izizf")
 ENCODER_SCORES = ("izizf", "residual", "izif")
-
-
-def pad_to_side(x, side, value):
-    """Pad ``(..., H, W)`` at the bottom and right to ``side x side`` with ``value``."""
-    height, width = x.shape[-2:]
-    if height == side and width == side:
-        return x
-    return F.pad(x, (0, side - width, 0, side - height), value=value)
 
 
 def encode_decode(x, roi, encoder, generator):

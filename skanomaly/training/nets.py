@@ -15,12 +15,21 @@ import torch
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .augment import augment_batch
 from .random import make_generator, seeded_initialisation
 
-__all__ = ["ImageNet"]
+__all__ = ["ImageNet", "pad_to_side"]
+
+
+def pad_to_side(x, side, value):
+    """Pad ``(..., H, W)`` at the bottom and right to ``side x side`` with ``value``."""
+    height, width = x.shape[-2:]
+    if height == side and width == side:
+        return x
+    return F.pad(x, (0, side - width, 0, side - height), value=value)
 
 
 class ImageNet(NeuralNet):
