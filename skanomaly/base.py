@@ -217,17 +217,22 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         ``owners``) are held out, so no image is in both the training and the
         validation split.
         """
+        net = self._fit_stage(self._make_net(device), samples, owners)
+        attribute = self._net_attributes[0]
+        setattr(self, attribute, net)
+        return {attribute.rstrip("_"): net.history}
+
+    def _fit_stage(self, net, samples, owners):
+        """Fit one skorch net on ``samples``, holding out ``validation_fraction`` of the
+        images (all patches of an image on one side) as its validation split."""
         train, valid = self._split_by_image(samples, owners)
-        net = self._make_net(device)
         if valid is not None:
             net.set_params(train_split=predefined_split(Dataset(valid[:, None], None)))
         net.fit(train[:, None], None)
         # The predefined split holds a copy of the validation patches: drop it so the
         # fitted detector does not carry (and pickle) them.
         net.train_split = None
-        attribute = self._net_attributes[0]
-        setattr(self, attribute, net)
-        return {attribute.rstrip("_"): net.history}
+        return net
 
     def _split_by_image(self, samples, owners):
         """``(train, validation)`` samples with every image on one side only."""

@@ -401,15 +401,7 @@ verbose, callbacks
             train_gan = check_memory(self.memory).cache(_train_gan, ignore=["verbose"])
         self.gan_ = train_gan(config, padded, str(device), callbacks, self.verbose)
 
-        train, valid = self._split_by_image(padded, owners)
-        self.encoder_ = self._make_encoder_net(device)
-        if valid is not None:
-            from skorch.dataset import Dataset
-            from skorch.helper import predefined_split
-
-            self.encoder_.set_params(train_split=predefined_split(Dataset(valid[:, None], None)))
-        self.encoder_.fit(train[:, None], None)
-        self.encoder_.train_split = None
+        self.encoder_ = self._fit_stage(self._make_encoder_net(device), padded, owners)
         return {"gan": self.gan_.history, "encoder": self.encoder_.history}
 
     def _scoring_generator(self):

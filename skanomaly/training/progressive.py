@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..nn.fanogan import upsample_nearest2x
-from .stages import GANNet
+from .stages import GANNet, _is_int
 
 __all__ = ["ProgressiveGANNet", "paper_schedule", "fade_alpha", "PAPER_ITERATIONS"]
 
@@ -131,7 +131,7 @@ class ProgressiveGANNet(GANNet):
     def _check_stage_params(self):
         super()._check_stage_params()
         per_scale = self.iterations_per_scale
-        if not per_scale or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in per_scale):
+        if not per_scale or not all(_is_int(n, 1) for n in per_scale):
             raise ValueError(f"iterations_per_scale must be integers >= 1, got {per_scale!r}.")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be None or in [0, 1), got {self.ema_decay!r}.")

@@ -214,3 +214,9 @@ def test_a_progressive_gan_stopped_early_is_refused(images):
 def test_bad_parameters_are_refused(images, params, match):
     with pytest.raises(ValueError, match=match):
         FAnoGANDetector(**{**TINY, **params}).fit(images)
+
+
+def test_validation_fraction_holds_images_out_of_the_encoder_stage(images):
+    det = FAnoGANDetector(**TINY, validation_fraction=0.25).fit(images)
+    assert all("valid_loss" in row for row in det.histories_["encoder"])
+    assert det.encoder_.train_split is None  # the held-out images are not kept
