@@ -16,7 +16,7 @@ from ..training.losses import (
     masked_topk_mean,
     pixel_error,
 )
-from ..training.nets import ImageNet
+from ..training.nets import ROINet
 
 __all__ = ["CAEDetector", "VAEDetector"]
 
@@ -141,7 +141,7 @@ class CAEDetector(BaseDeepDetector):
 
     Attributes
     ----------
-    net_ : skanomaly.training.nets.ImageNet
+    net_ : skanomaly.training.nets.ROINet
         The trained skorch net; ``net_.module_`` is the autoencoder.
     offset_ : float
         ``decision_function = score_samples - offset_``.
@@ -224,7 +224,7 @@ class CAEDetector(BaseDeepDetector):
         )
 
     def _make_net(self, device):
-        return ImageNet(
+        return ROINet(
             module=ConvAutoencoder,
             module__channels=tuple(self.channels),
             criterion=MaskedReconstructionLoss,
@@ -274,7 +274,7 @@ device, random_state, verbose, callbacks
 
     Attributes
     ----------
-    net_ : skanomaly.training.nets.ImageNet
+    net_ : skanomaly.training.nets.ROINet
         ``net_.module_`` is the VAE.
     offset_, image_shape_, history_, histories_, n_iter_, n_features_in_
         As in :class:`CAEDetector`.
@@ -351,7 +351,7 @@ device, random_state, verbose, callbacks
         )
 
     def _make_net(self, device):
-        return ImageNet(
+        return ROINet(
             module=ConvVAE,
             module__image_shape=self.image_shape_,
             module__channels=tuple(self.channels),

@@ -25,8 +25,8 @@ and the discriminator's input path is blended the same way, at *every* new scale
 **The minibatch-stddev channel couples the images of a batch**: an image's
 discriminator output and features depend on the other images in its batch. In
 training mode the channel is the batch statistic (groups of 4, as in the reference
-code) and its running mean is tracked, like a BatchNorm statistic; in eval mode the
-channel is that running mean, so ``D`` and ``D_f`` of an image depend on that image
+code) and its running mean over real batches is tracked, like a BatchNorm
+statistic; in eval mode the channel is that running mean, so ``D`` and ``D_f`` of an image depend on that image
 alone. The encoder stage and scoring use the discriminator in eval mode only.
 """
 
@@ -109,10 +109,20 @@ class MinibatchStdDev(nn.Module):
 
     Training mode: the batch is split into groups of ``group_size`` consecutive images
     (one group of the whole batch when it does not divide evenly); each image gets the
-    mean over features of its group's per-feature standard deviation; the running mean
-    of that value is tracked (``momentum``). Eval mode: every image gets the running
-    mean, so an image's output does not depend on the rest of its batch.
+    mean over features of its group's per-feature standard deviation. Eval mode: every
+    image gets the running mean of that value, so an image's output does not depend on
+    the rest of its batch.
+
+    The running mean (``momentum``) is updated only while ``update_statistics`` is
+    True, which the training loop sets for the critic's pass over *real* batches
+    (:func:`skanomaly.training.adversarial.real_batch_statistics`). In training the
+    critic also sees fakes, gradient-penalty interpolates and the generator's
+    images; a mean over those is a value the critic never saw on real data, and
+    eval-mode features (the encoder's loss, scores) would be computed with it.
     """
+
+    # Class-level default: modules pickled before the attribute existed load as False.
+    update_statistics = False
 
     def __init__(self, group_size=4, momentum=0.01):
         super().__init__()
@@ -134,8 +144,9 @@ class MinibatchStdDev(nn.Module):
             per_image = std.repeat_interleave(group)
         else:
             per_image = x.new_zeros(n)
-        with torch.no_grad():
-            self.running_std.lerp_(per_image.detach().mean().to(self.running_std.dtype), self.momentum)
+        if self.update_statistics:
+            with torch.no_grad():
+                self.running_std.lerp_(per_image.detach().mean().to(self.running_std.dtype), self.momentum)
         channel = per_image[:, None, None, None].expand(n, 1, height, width)
         return torch.cat([x, channel], dim=1)
 

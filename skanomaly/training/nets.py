@@ -1,6 +1,6 @@
 """skorch nets of the detectors: the only place where training steps happen.
 
-:class:`ImageNet` is the pattern every detector's training stage follows: a
+:class:`ROINet` is the pattern every detector's training stage follows: a
 ``NeuralNet`` whose ``X`` is ``(n, 1, H, W)`` float32 with NaN outside the region of
 interest. It fills NaN before the module sees the batch and hands the ROI to the
 criterion, so losses ignore pixels outside it. Every random draw of training
@@ -10,10 +10,12 @@ parallel threads are reproducible. GAN detectors build on
 :mod:`skanomaly.training.stages`, which adds several modules and optimisers.
 """
 
+from numbers import Real
+
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.dataset import unpack_data
+from skorch.dataset import get_len, unpack_data
 from skorch.utils import to_tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader
 from .augment import augment_batch
 from .random import make_generator, seeded_initialisation
 
-__all__ = ["ImageNet", "pad_to_side"]
+__all__ = ["ROINet", "StageNetMixin", "pad_to_side"]
 
 
 def pad_to_side(x, side, value):
@@ -32,7 +34,7 @@ def pad_to_side(x, side, value):
     return F.pad(x, (0, side - width, 0, side - height), value=value)
 
 
-class ImageNet(NeuralNet):
+class ROINet(NeuralNet):
     """skorch ``NeuralNet`` for images with NaN outside the region of interest.
 
     Parameters
@@ -149,3 +151,133 @@ class ImageNet(NeuralNet):
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
+
+
+class StageNetMixin:
+    """What every training-stage net shares: clean early ends and a pixel range.
+
+    Mix in before :class:`ROINet` (``class MyNet(StageNetMixin, ROINet)``).
+
+    * **Cutting an epoch short.** :meth:`stop_training_after_batch` (called by
+      :class:`MaxIter`) makes the current epoch end after the batch in progress; the
+      epoch then closes as usual (``train_batch_count``, validation, every callback's
+      ``on_epoch_end``, so the history row has its ``train_loss``) and training stops
+      with ``KeyboardInterrupt``, skorch's stop signal, which ``partial_fit`` catches.
+    * **Several losses per step.** A step may return ``"loss": None`` (no loss of that
+      kind in this batch, e.g. a critic-only step of a GAN) and further losses named
+      ``"loss_<what>"``; each is recorded per batch as ``<prefix>_loss_<what>``
+      (``train_loss_d``, ``valid_loss_d``), and so is every entry of an optional
+      ``"terms"`` dict of named loss terms (``train_<term>``).
+    * **Pixel range.** ``x_range`` maps the ``[0, 1]`` input pixels to the range the
+      networks work in (:meth:`scale_x`), e.g. ``(-1, 1)`` for a tanh generator.
+    * **Network instances as parameters.** A ``torch.nn.Module`` instance (a
+      pretrained network) is accepted as a constructor parameter and by
+      ``set_params`` also before ``initialize``, where skorch would refuse it.
+
+    Parameters
+    ----------
+    x_range : None or (float, float), default=None
+        ``(low, high)``: input pixels ``p`` in ``[0, 1]`` reach the networks as
+        ``low + (high - low) * p``. ``None`` leaves them as they are. Pixels outside
+        the region of interest are filled with 0 *before* the mapping, i.e. they are
+        black in both ranges.
+    *args, **kwargs
+        Passed on to the next class (:class:`ROINet`).
+    """
+
+    def __init__(self, *args, x_range=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.x_range = x_range
+
+    def __setattr__(self, name, attr):
+        # skorch refuses torch modules set outside initialize_* (it expects fitted
+        # components, named with a trailing underscore). A module *instance* given as
+        # a constructor parameter (a pretrained network) is a hyperparameter: taking it
+        # here lets sklearn's clone and set_params pass one before initialisation.
+        if isinstance(attr, torch.nn.Module) and not name.endswith("_") and "__" not in name:
+            object.__setattr__(self, name, attr)
+            return
+        super().__setattr__(name, attr)
+
+    # ------------------------------------------------------------ parameters
+    def _check_stage_params(self):
+        """Validate parameters at ``initialize``; subclasses extend it."""
+        x_range = self.x_range
+        if x_range is not None:
+            valid = isinstance(x_range, (tuple, list)) and len(x_range) == 2
+            valid = valid and all(isinstance(v, Real) and np.isfinite(v) for v in x_range)
+            if not valid or not x_range[0] < x_range[1]:
+                raise ValueError(
+                    f"x_range={x_range!r} is not valid: use None or (low, high) with finite "
+                    "low < high, e.g. (-1, 1) for a generator with a tanh output."
+                )
+
+    def initialize(self):
+        self._check_stage_params()
+        return super().initialize()
+
+    def scale_x(self, x):
+        """Map input pixels (``[0, 1]``) to the networks' range ``x_range``."""
+        if self.x_range is None:
+            return x
+        low, high = self.x_range
+        return low + (high - low) * x
+
+    def unscale_x(self, x):
+        """Map the networks' range ``x_range`` back to input pixels (``[0, 1]``)."""
+        if self.x_range is None:
+            return x
+        low, high = self.x_range
+        return (x - low) / (high - low)
+
+    # ------------------------------------------------------- stopping cleanly
+    def stop_training_after_batch(self):
+        """End training once the current training batch is done.
+
+        The epoch is cut short after this batch and closes normally (batch count,
+        validation, ``on_epoch_end`` of the net and of *every* callback, printing
+        included); then ``KeyboardInterrupt`` ends ``fit``/``partial_fit`` as
+        skorch's ``EarlyStopping`` does. Raising after all callbacks rather than from
+        within one keeps callbacks listed later (``PrintLog``, ``ProgressBar``,
+        checkpoints) from missing the last epoch. The request lasts until the next
+        ``fit``/``partial_fit``.
+        """
+        self.stop_after_batch_ = True
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.stop_after_batch_ = False
+        return super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def notify(self, method_name, **cb_kwargs):
+        super().notify(method_name, **cb_kwargs)
+        if method_name == "on_epoch_end" and getattr(self, "stop_after_batch_", False):
+            raise KeyboardInterrupt
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """skorch's epoch loop, with early ends and several losses per step.
+
+        As :meth:`skorch.NeuralNet.run_single_epoch`, except that a training epoch
+        ends after the batch in which :meth:`stop_training_after_batch` was called,
+        ``step["loss"]`` may be None (not recorded), every ``step["loss_<what>"]``
+        is recorded as ``<prefix>_loss_<what>`` and every ``step["terms"][name]`` as
+        ``<prefix>_<name>``.
+        """
+        if iterator is None:
+            return
+        batch_count = 0
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            records = [(k, v) for k, v in step.items() if k == "loss" or k.startswith("loss_")]
+            records += list(step.get("terms", {}).items())
+            for key, value in records:
+                if value is not None:
+                    value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+                    self.history.record_batch(f"{prefix}_{key}", value)
+            batch_size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
+            self.history.record_batch(prefix + "_batch_size", batch_size)
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            batch_count += 1
+            if training and getattr(self, "stop_after_batch_", False):
+                break
+        self.history.record(prefix + "_batch_count", batch_count)

@@ -171,7 +171,7 @@ class ProgressiveGANNet(GANNet):
         return scale, alpha
 
     def _update_growth(self):
-        scale, alpha = self.growth_at(self.n_discriminator_steps_)
+        scale, alpha = self.growth_at(self.n_iterations_)
         if scale != int(self.generator_.scale):
             self._set_growth(scale, alpha)
             # A new scale starts with fresh optimisers and a fresh average generator.
@@ -185,13 +185,14 @@ class ProgressiveGANNet(GANNet):
     def train_step(self, batch, **fit_params):
         self._update_growth()
         step = super().train_step(batch, **fit_params)
-        self.schedule_complete_ = self.n_discriminator_steps_ >= sum(self.iterations_per_scale)
+        self.schedule_complete_ = self.n_iterations_ >= sum(self.iterations_per_scale)
         if self.schedule_complete_:
             self._set_growth(len(self.iterations_per_scale) - 1, 0.0)
         return step
 
-    def _real_images(self, batch, training):
-        real = super()._real_images(batch, training)
+    def prepare_batch(self, batch, training):
+        inputs = super().prepare_batch(batch, training)
+        real = inputs["x"]
         side = self.generator_.current_size
         if real.shape[-1] > side:
             real = F.avg_pool2d(real, real.shape[-1] // side)
@@ -199,13 +200,14 @@ class ProgressiveGANNet(GANNet):
         if alpha > 0:
             coarse = upsample_nearest2x(F.avg_pool2d(real, 2))
             real = alpha * coarse + (1.0 - alpha) * real
-        return real
+        # The GAN's losses use no ROI (NaN is filled before the critic sees a pixel);
+        # a full-size mask beside images of the active scale would only mislead.
+        inputs["x"], inputs["roi"] = real, None
+        return inputs
 
-    def _generator_step(self, n_samples, batch):
-        loss = super()._generator_step(n_samples, batch)
+    def after_update(self, update):
         ema = getattr(self, "generator_ema_", None)
-        if ema is not None:
+        if update.group == "g" and ema is not None:
             with torch.no_grad():
                 for average, current in zip(ema.parameters(), self.generator_.parameters()):
                     average.lerp_(current, 1.0 - self.ema_decay)
-        return loss

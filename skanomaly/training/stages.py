@@ -2,18 +2,19 @@
 
 The GAN detectors train in stages: a GAN (generator and discriminator, each with its
 own optimiser, updated alternately), then an encoder against the *frozen* generator
-and discriminator. Everything a stage needs beyond :class:`~.nets.ImageNet` lives
+and discriminator. Everything a stage needs beyond :class:`~.nets.ROINet` lives
 here once:
 
 * :class:`GANNet` trains a generator and a discriminator with a non-saturating BCE
   loss (DCGAN, AnoGAN) or a Wasserstein loss with gradient penalty (WGAN-GP,
-  f-AnoGAN) and optional drift penalty (progressive GAN, P-AnoGAN).
+  f-AnoGAN) and optional drift penalty (progressive GAN, P-AnoGAN), declared on the
+  adversarial engine (:mod:`~.adversarial`).
 * :class:`FrozenModulesMixin` lets a net use already trained modules that skorch
   neither optimises, re-initialises nor switches to training mode;
   :class:`StageNet` is the single-module stage net (an encoder) built on it.
 * :class:`MaxIter` ends training after a number of training batches, as GAN papers
-  count iterations rather than epochs; :class:`StageNetMixin` lets the epoch in which
-  the budget runs out close normally.
+  count iterations rather than epochs; :class:`~.nets.StageNetMixin` lets the epoch
+  in which the budget runs out close normally.
 
 Typical settings of the papers (Adam throughout)::
 
@@ -31,13 +32,12 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import clone
-from skorch.callbacks import Callback, PassthroughScoring
-from skorch.dataset import get_len, unpack_data
-from skorch.utils import TeeGenerator, to_tensor
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
 from torch.nn import functional as F
 
-from .augment import augment_batch
-from .nets import ImageNet
+from .adversarial import AdversarialNet, Update, real_batch_statistics
+from .nets import ROINet, StageNetMixin
 from .penalties import drift_penalty, gradient_penalty
 from .random import make_generator, rand, randn
 
@@ -50,132 +50,6 @@ def _is_int(value, minimum):
 
 def _is_nonnegative(value):
     return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
-
-
-class StageNetMixin:
-    """What every training-stage net shares: clean early ends and a pixel range.
-
-    Mix in before :class:`~.nets.ImageNet` (``class MyNet(StageNetMixin, ImageNet)``).
-
-    * **Cutting an epoch short.** :meth:`stop_training_after_batch` (called by
-      :class:`MaxIter`) makes the current epoch end after the batch in progress; the
-      epoch then closes as usual (``train_batch_count``, validation, every callback's
-      ``on_epoch_end``, so the history row has its ``train_loss``) and training stops
-      with ``KeyboardInterrupt``, skorch's stop signal, which ``partial_fit`` catches.
-    * **Several losses per step.** A step may return ``"loss": None`` (no loss of that
-      kind in this batch, e.g. a critic-only step of a GAN) and further losses named
-      ``"loss_<what>"``; each is recorded per batch as ``<prefix>_loss_<what>``
-      (``train_loss_d``, ``valid_loss_d``).
-    * **Pixel range.** ``x_range`` maps the ``[0, 1]`` input pixels to the range the
-      networks work in (:meth:`scale_x`), e.g. ``(-1, 1)`` for a tanh generator.
-    * **Network instances as parameters.** A ``torch.nn.Module`` instance (a
-      pretrained network) is accepted as a constructor parameter and by
-      ``set_params`` also before ``initialize``, where skorch would refuse it.
-
-    Parameters
-    ----------
-    x_range : None or (float, float), default=None
-        ``(low, high)``: input pixels ``p`` in ``[0, 1]`` reach the networks as
-        ``low + (high - low) * p``. ``None`` leaves them as they are. Pixels outside
-        the region of interest are filled with 0 *before* the mapping, i.e. they are
-        black in both ranges.
-    *args, **kwargs
-        Passed on to the next class (``ImageNet``).
-    """
-
-    def __init__(self, *args, x_range=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.x_range = x_range
-
-    def __setattr__(self, name, attr):
-        # skorch refuses torch modules set outside initialize_* (it expects fitted
-        # components, named with a trailing underscore). A module *instance* given as
-        # a constructor parameter (a pretrained network) is a hyperparameter: taking it
-        # here lets sklearn's clone and set_params pass one before initialisation.
-        if isinstance(attr, torch.nn.Module) and not name.endswith("_") and "__" not in name:
-            object.__setattr__(self, name, attr)
-            return
-        super().__setattr__(name, attr)
-
-    # ------------------------------------------------------------ parameters
-    def _check_stage_params(self):
-        """Validate parameters at ``initialize``; subclasses extend it."""
-        x_range = self.x_range
-        if x_range is not None:
-            valid = isinstance(x_range, (tuple, list)) and len(x_range) == 2
-            valid = valid and all(isinstance(v, Real) and np.isfinite(v) for v in x_range)
-            if not valid or not x_range[0] < x_range[1]:
-                raise ValueError(
-                    f"x_range={x_range!r} is not valid: use None or (low, high) with finite "
-                    "low < high, e.g. (-1, 1) for a generator with a tanh output."
-                )
-
-    def initialize(self):
-        self._check_stage_params()
-        return super().initialize()
-
-    def scale_x(self, x):
-        """Map input pixels (``[0, 1]``) to the networks' range ``x_range``."""
-        if self.x_range is None:
-            return x
-        low, high = self.x_range
-        return low + (high - low) * x
-
-    def unscale_x(self, x):
-        """Map the networks' range ``x_range`` back to input pixels (``[0, 1]``)."""
-        if self.x_range is None:
-            return x
-        low, high = self.x_range
-        return (x - low) / (high - low)
-
-    # ------------------------------------------------------- stopping cleanly
-    def stop_training_after_batch(self):
-        """End training once the current training batch is done.
-
-        The epoch is cut short after this batch and closes normally (batch count,
-        validation, ``on_epoch_end`` of the net and of *every* callback, printing
-        included); then ``KeyboardInterrupt`` ends ``fit``/``partial_fit`` as
-        skorch's ``EarlyStopping`` does. Raising after all callbacks rather than from
-        within one keeps callbacks listed later (``PrintLog``, ``ProgressBar``,
-        checkpoints) from missing the last epoch. The request lasts until the next
-        ``fit``/``partial_fit``.
-        """
-        self.stop_after_batch_ = True
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        self.stop_after_batch_ = False
-        return super().on_train_begin(net, X=X, y=y, **kwargs)
-
-    def notify(self, method_name, **cb_kwargs):
-        super().notify(method_name, **cb_kwargs)
-        if method_name == "on_epoch_end" and getattr(self, "stop_after_batch_", False):
-            raise KeyboardInterrupt
-
-    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
-        """skorch's epoch loop, with early ends and several losses per step.
-
-        As :meth:`skorch.NeuralNet.run_single_epoch`, except that a training epoch
-        ends after the batch in which :meth:`stop_training_after_batch` was called,
-        ``step["loss"]`` may be None (not recorded), and every ``step["loss_<what>"]``
-        is recorded as ``<prefix>_loss_<what>``.
-        """
-        if iterator is None:
-            return
-        batch_count = 0
-        for batch in iterator:
-            self.notify("on_batch_begin", batch=batch, training=training)
-            step = step_fn(batch, **fit_params)
-            for key, value in step.items():
-                if (key == "loss" or key.startswith("loss_")) and value is not None:
-                    value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
-                    self.history.record_batch(f"{prefix}_{key}", value)
-            batch_size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
-            self.history.record_batch(prefix + "_batch_size", batch_size)
-            self.notify("on_batch_end", batch=batch, training=training, **step)
-            batch_count += 1
-            if training and getattr(self, "stop_after_batch_", False):
-                break
-        self.history.record(prefix + "_batch_count", batch_count)
 
 
 class FrozenModulesMixin:
@@ -213,7 +87,7 @@ class FrozenModulesMixin:
         Passed on to the next class.
     """
 
-    # Names of fitted attributes of ImageNet and GANNet that initialize() sets after
+    # Names of fitted attributes of ROINet and GANNet that initialize() sets after
     # the modules, which a frozen module ``<name>_`` would otherwise overwrite.
     _RESERVED_FROZEN_NAMES = frozenset({"rng", "shuffle_rng", "valid_rng", "frozen_modules"})
 
@@ -310,12 +184,12 @@ class FrozenModulesMixin:
         return new
 
 
-class StageNet(StageNetMixin, FrozenModulesMixin, ImageNet):
+class StageNet(StageNetMixin, FrozenModulesMixin, ROINet):
     """Training stage with one trained module and frozen, already trained helpers.
 
     The stage that trains an encoder against a trained GAN (f-AnoGAN's izif,
     P-AnoGAN): ``module`` is trained with ``optimizer`` as in
-    :class:`~.nets.ImageNet`, while the generator and discriminator are
+    :class:`~.nets.ROINet`, while the generator and discriminator are
     ``frozen_modules`` (see :class:`FrozenModulesMixin`). The criterion receives them
     by keyword::
 
@@ -335,7 +209,7 @@ class StageNet(StageNetMixin, FrozenModulesMixin, ImageNet):
     x_range : None or (float, float), default=None
         Range input pixels are mapped to; see :class:`StageNetMixin`.
     augment, random_seed, **kwargs
-        As :class:`~.nets.ImageNet`.
+        As :class:`~.nets.ROINet`.
 
     Examples
     --------
@@ -364,18 +238,19 @@ class StageNet(StageNetMixin, FrozenModulesMixin, ImageNet):
         return self.criterion_(y_pred, self.scale_x(filled), roi, **self.frozen_modules_)
 
 
-class GANNet(StageNetMixin, ImageNet):
+class GANNet(AdversarialNet):
     """skorch net of a GAN: a generator and a discriminator, updated alternately.
 
-    The two networks are skorch modules (``generator_``, ``discriminator_``; their
-    constructor arguments are ``generator__*``, ``discriminator__*``), each with its
-    own optimiser over its own parameters only (``optimizer_g_``, ``optimizer_d_``;
-    arguments ``optimizer_g__*``, ``optimizer_d__*``, e.g.
-    ``optimizer_g__betas=(0.5, 0.999)``; a learning rate not given falls back to
-    ``lr``). Training images ``(B, 1, H, W)`` come with NaN outside the region of
-    interest; they are filled with 0 (:meth:`ImageNet.split_roi`) and mapped to
-    ``x_range`` before the discriminator sees them, so NaN never reaches it and real
-    images are in the range of the generator's output.
+    The GAN of DCGAN / AnoGAN and of WGAN-GP / f-AnoGAN / P-AnoGAN, declared on the
+    adversarial engine (:class:`~.adversarial.AdversarialNet`): two networks
+    (``generator_``, ``discriminator_``; constructor arguments ``generator__*``,
+    ``discriminator__*``), optimiser groups ``"d"`` and ``"g"`` each over its own
+    network (``optimizer_d_``, ``optimizer_g_``; arguments ``optimizer_g__*``,
+    ``optimizer_d__*``, e.g. ``optimizer_g__betas=(0.5, 0.999)``; a learning rate not
+    given falls back to ``lr``). Training images ``(B, 1, H, W)`` come with NaN
+    outside the region of interest; they are filled with 0 and mapped to ``x_range``
+    before the discriminator sees them, so NaN never reaches it and real images are
+    in the range of the generator's output.
 
     **One training batch is one discriminator (critic) step.** Every batch of real
     images gets one discriminator update against fresh generated images; after every
@@ -383,41 +258,33 @@ class GANNet(StageNetMixin, ImageNet):
     epochs and ``partial_fit`` calls) the generator gets one update on fresh latents.
     So each critic step sees a new real batch, as in WGAN-GP's algorithm and
     f-AnoGAN's code, and the discriminator optimiser steps exactly ``n_critic`` times
-    as often as the generator's. An epoch (one pass over the data) thus holds
-    ``n_batches // n_critic`` generator steps (give or take one), and ``MaxIter(k)``
-    allows ``k`` discriminator and ``k // n_critic`` generator steps: for f-AnoGAN's
-    ``N`` generator iterations with ``n_critic=5``, use ``MaxIter(5 * N)``.
+    as often as the generator's. ``MaxIter(k)`` allows ``k`` discriminator and
+    ``k // n_critic`` generator steps: for f-AnoGAN's ``N`` generator iterations with
+    ``n_critic=5``, use ``MaxIter(5 * N)``.
 
-    Each discriminator step zeroes its gradients, backpropagates its loss and steps
-    ``optimizer_d_`` only; the generator's images are made without a graph. Each
-    generator step backpropagates through the discriminator with the discriminator's
-    parameters not requiring gradients, so no discriminator gradient is computed or
-    kept, and steps ``optimizer_g_`` only. The discriminator stays in training mode in
-    the generator step (as in DCGAN), so BatchNorm layers of the discriminator use, and
-    update their running statistics with, that batch. ``on_grad_computed`` is notified
-    after each backward with the parameters of the network about to step (so skorch's
-    ``GradientNormClipping`` works per network).
+    In the discriminator's update the generator's parameters do not require
+    gradients (its images carry no graph); in the generator's update the
+    discriminator only passes the gradient through to the images. The discriminator
+    stays in training mode in the generator's update (as in DCGAN), so its BatchNorm
+    layers use, and update their statistics with, that batch. Statistics of the real
+    data that a discriminator layer keeps for eval mode (the minibatch-stddev
+    channel) are updated on real batches only (:func:`~.adversarial.real_batch_statistics`).
 
-    Losses, with ``D`` returning one logit or score per image:
+    Loss terms (recorded per batch and per epoch as ``train_<term>``), with ``D``
+    returning one logit or score per image:
 
-    * ``"bce"`` (DCGAN, AnoGAN): discriminator ``BCE(D(x), 1) + BCE(D(G(z)), 0)``
-      with logits; non-saturating generator loss ``BCE(D(G(z)), 1)``.
-    * ``"wgan-gp"`` (f-AnoGAN, P-AnoGAN): critic
-      ``mean D(G(z)) - mean D(x) + gp_weight * GP + drift_weight * mean D(x)**2``
-      (:func:`~.penalties.gradient_penalty`, :func:`~.penalties.drift_penalty`);
-      generator ``-mean D(G(z))``.
+    * ``"bce"`` (DCGAN, AnoGAN): discriminator ``d_real = BCE(D(x), 1)`` and
+      ``d_fake = BCE(D(G(z)), 0)`` with logits; non-saturating generator
+      ``g_fake = BCE(D(G(z)), 1)``.
+    * ``"wgan-gp"`` (f-AnoGAN, P-AnoGAN): critic ``d_fake = mean D(G(z))``,
+      ``d_real = -mean D(x)``, ``gp`` (:func:`~.penalties.gradient_penalty`, weight
+      ``gp_weight``) and ``drift = mean D(x)**2`` (:func:`~.penalties.drift_penalty`,
+      weight ``drift_weight``); generator ``g_fake = -mean D(G(z))``.
 
-    A step's generator loss is the step's ``"loss"`` (recorded as ``train_loss`` in
-    the batches that have a generator step); the discriminator loss is ``"loss_d"``,
-    recorded in every batch as ``train_loss_d``. Both are averaged per epoch in
-    ``history`` (``train_loss``, ``train_loss_d``; ``valid_loss``, ``valid_loss_d``
-    with a validation split). Validation computes both losses without any update,
-    with the networks in eval mode and latents drawn afresh from the same seed at
-    every validation, so that training draws exactly the same numbers with or without
-    validation and validation losses of different epochs compare like with like.
-
-    Latents (and the gradient penalty's interpolation weights) are drawn from the
-    net's ``rng_`` (:mod:`~.random`), never from torch's global generator.
+    The generator's weighted total is the step's ``"loss"`` (``train_loss`` in the
+    batches that have a generator step); the discriminator's is ``"loss_d"``
+    (``train_loss_d``). Validation computes every term without any update, networks
+    in eval mode, latents drawn afresh from the same seed at every validation.
 
     Parameters
     ----------
@@ -427,7 +294,6 @@ class GANNet(StageNetMixin, ImageNet):
         Maps images to one logit (``"bce"``) or critic score (``"wgan-gp"``) per
         image, shape ``(B,)`` or ``(B, 1)``.
     loss : {"bce", "wgan-gp"}, default="bce"
-        GAN loss, see above.
     n_critic : int, default=1
         Discriminator steps (training batches) per generator step (f-AnoGAN: 5).
     latent_dim : int, default=100
@@ -439,34 +305,14 @@ class GANNet(StageNetMixin, ImageNet):
     drift_weight : float, default=0.0
         Weight of the drift penalty (``"wgan-gp"`` only; P-AnoGAN: 0.001).
     optimizer_g, optimizer_d : torch optimiser class, default=torch.optim.Adam
-        Optimisers of the generator and the discriminator.
-    lr : float, default=2e-4
-        Learning rate of both optimisers unless ``optimizer_g__lr`` or
-        ``optimizer_d__lr`` is given. ``set_params(optimizer_g__lr=...)`` on an
-        initialised net updates the optimiser at once; ``set_params(lr=...)`` takes
-        effect at the next ``initialize``.
-    train_split : callable or None, default=None
-        As skorch; no validation split by default (GAN losses on held-out images say
-        little about the quality of a GAN).
-    x_range : None or (float, float), default=None
-        Range input pixels are mapped to, e.g. ``(-1, 1)`` for a tanh generator; see
-        :class:`StageNetMixin`.
-    augment, random_seed
-        As :class:`~.nets.ImageNet`; augmentation applies to the real images.
-    module, criterion, optimizer : None
-        Unused (a GAN has two modules, its loss is ``loss`` and its optimisers
-        ``optimizer_g``/``optimizer_d``); they exist because skorch reports them in
-        ``get_params``, and must stay None.
-    **kwargs
-        Further skorch arguments (``max_epochs``, ``batch_size``, ``callbacks``,
-        ``generator__*``, ``optimizer_d__betas``, ...).
+    lr, train_split, x_range, augment, random_seed, module, criterion, optimizer, **kwargs
+        As :class:`~.adversarial.AdversarialNet`; augmentation applies to the real
+        images.
 
     Attributes
     ----------
     generator_, discriminator_ : torch.nn.Module
-        The networks.
     optimizer_g_, optimizer_d_ : torch.optim.Optimizer
-        Their optimisers.
     n_discriminator_steps_, n_generator_steps_ : int
         Updates made since ``initialize``.
     rng_ : torch.Generator
@@ -482,16 +328,16 @@ class GANNet(StageNetMixin, ImageNet):
     ...              batch_size=8, optimizer_g__betas=(0.5, 0.999), verbose=0).fit(X)
     >>> net.n_discriminator_steps_, net.n_generator_steps_
     (12, 6)
-    >>> [key for key in ("train_loss", "train_loss_d") if key in net.history[-1]]
-    ['train_loss', 'train_loss_d']
+    >>> [key for key in ("train_loss", "train_loss_d", "train_d_real") if key in net.history[-1]]
+    ['train_loss', 'train_loss_d', 'train_d_real']
     >>> net.sample(5).shape
     torch.Size([5, 1, 2, 2])
     """
 
     LOSSES = ("bce", "wgan-gp")
     LATENT_DISTRIBUTIONS = ("normal", "uniform")
-    _NETWORKS = ("generator", "discriminator")
-    _GENERATORS = ImageNet._GENERATORS + ("valid_rng_",)
+    NETWORKS = ("generator", "discriminator")
+    OPTIMIZER_GROUPS = {"d": ("discriminator",), "g": ("generator",)}
 
     def __init__(
         self,
@@ -506,14 +352,9 @@ class GANNet(StageNetMixin, ImageNet):
         drift_weight=0.0,
         optimizer_g=torch.optim.Adam,
         optimizer_d=torch.optim.Adam,
-        lr=2e-4,
-        train_split=None,
-        module=None,
-        criterion=None,
-        optimizer=None,
         **kwargs,
     ):
-        super().__init__(module, criterion, optimizer=optimizer, lr=lr, train_split=train_split, **kwargs)
+        super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.loss = loss
@@ -524,24 +365,9 @@ class GANNet(StageNetMixin, ImageNet):
         self.drift_weight = drift_weight
         self.optimizer_g = optimizer_g
         self.optimizer_d = optimizer_d
-        # A pretrained instance passed as ``generator`` pickles through skorch's
-        # torch-aware path too (CUDA weights load on a CPU-only machine).
-        self.cuda_dependent_attributes_ = [*self.cuda_dependent_attributes_, *self._NETWORKS]
 
     # ------------------------------------------------------------ parameters
     def _check_stage_params(self):
-        super()._check_stage_params()
-        unused = [name for name in ("module", "criterion", "optimizer") if getattr(self, name) is not None]
-        if unused:
-            raise ValueError(
-                f"GANNet does not use {', '.join(unused)}: its networks are `generator` and "
-                "`discriminator`, its loss is `loss` and its optimisers are `optimizer_g` "
-                "and `optimizer_d`."
-            )
-        for name in self._NETWORKS:
-            network = getattr(self, name)
-            if not callable(network):
-                raise TypeError(f"{name} must be a torch.nn.Module class or instance, got {network!r}.")
         if self.loss not in self.LOSSES:
             raise ValueError(f"loss={self.loss!r} is not supported: use one of {self.LOSSES}.")
         if self.latent_distribution not in self.LATENT_DISTRIBUTIONS:
@@ -555,46 +381,19 @@ class GANNet(StageNetMixin, ImageNet):
         for name in ("gp_weight", "drift_weight"):
             if not _is_nonnegative(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
+        super()._check_stage_params()
 
-    # -------------------------------------------------------- initialisation
-    def initialize(self):
-        super().initialize()
-        # A fourth stream after ImageNet's (initialisation, shuffling, training draws).
-        self.valid_seed_ = int(np.random.SeedSequence(self.random_seed).generate_state(4)[3])
-        self.valid_rng_ = make_generator(self.valid_seed_)
-        self.n_discriminator_steps_ = 0
-        self.n_generator_steps_ = 0
-        return self
+    # -------------------------------------------------------------- the model
+    def schedule(self):
+        if self.loss == "bce":
+            critic = {"d_real": 1.0, "d_fake": 1.0}
+        else:
+            critic = {"d_fake": 1.0, "d_real": 1.0, "gp": self.gp_weight, "drift": self.drift_weight}
+        return (
+            Update("d", critic, record="loss_d"),
+            Update("g", {"g_fake": 1.0}, every=self.n_critic, record="loss"),
+        )
 
-    @property
-    def _default_callbacks(self):
-        # The discriminator loss has no "best": lower_is_better=None records no
-        # *_best flag for it.
-        return [
-            *super()._default_callbacks,
-            ("train_loss_d", PassthroughScoring(name="train_loss_d", lower_is_better=None, on_train=True)),
-            ("valid_loss_d", PassthroughScoring(name="valid_loss_d", lower_is_better=None)),
-        ]
-
-    def initialize_module(self):
-        for name in self._NETWORKS:
-            module = self.initialized_instance(getattr(self, name), self.get_params_for(name))
-            setattr(self, name + "_", module)
-        return self
-
-    def initialize_criterion(self):
-        # The losses are methods of the net (``loss``); there is no criterion module.
-        return self
-
-    def initialize_optimizer(self, triggered_directly=None):
-        # Each optimiser owns its network's parameters only, with its own settings;
-        # skorch's default would put every parameter into one optimiser.
-        for name, module in (("optimizer_g", self.generator_), ("optimizer_d", self.discriminator_)):
-            args, kwargs = self.get_params_for_optimizer(name, module.named_parameters())
-            setattr(self, name + "_", getattr(self, name)(*args, **kwargs))
-        return self
-
-    # ----------------------------------------------------------------- losses
     def sample_latents(self, n_samples, rng):
         """``n_samples`` latents from the prior, drawn from the CPU generator ``rng``."""
         shape = (n_samples, self.latent_dim)
@@ -611,135 +410,46 @@ class GANNet(StageNetMixin, ImageNet):
             )
         return scores.reshape(len(x))
 
-    def discriminator_loss(self, real, fake, rng):
-        """Discriminator (critic) loss of a batch; override to plug another loss.
-
-        Parameters
-        ----------
-        real, fake : torch.Tensor of shape (B, 1, H, W)
-            Real images (NaN-filled, in ``x_range``) and generated images.
-        rng : torch.Generator
-            Generator of the gradient penalty's interpolation weights.
-        """
-        real_scores = self._scores(real)
+    def loss_terms(self, group, inputs, rng):
+        real = inputs["x"]
+        fake = self.generator_(self.sample_latents(len(real), rng))
+        if group == "g":
+            fake_scores = self._scores(fake)
+            if self.loss == "bce":
+                # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))).
+                return {"g_fake": F.binary_cross_entropy_with_logits(fake_scores, torch.ones_like(fake_scores))}
+            return {"g_fake": -fake_scores.mean()}
+        with real_batch_statistics(self.discriminator_):
+            real_scores = self._scores(real)
         fake_scores = self._scores(fake)
         if self.loss == "bce":
-            return F.binary_cross_entropy_with_logits(
-                real_scores, torch.ones_like(real_scores)
-            ) + F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores))
-        loss = fake_scores.mean() - real_scores.mean()
+            return {
+                "d_real": F.binary_cross_entropy_with_logits(real_scores, torch.ones_like(real_scores)),
+                "d_fake": F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores)),
+            }
+        terms = {"d_fake": fake_scores.mean(), "d_real": -real_scores.mean()}
         if self.gp_weight:
-            loss = loss + self.gp_weight * gradient_penalty(self.discriminator_, real, fake, rng)
+            terms["gp"] = gradient_penalty(self.discriminator_, real, fake, rng)
         if self.drift_weight:
-            loss = loss + self.drift_weight * drift_penalty(real_scores)
-        return loss
+            terms["drift"] = drift_penalty(real_scores)
+        return terms
 
-    def generator_loss(self, fake_scores):
-        """Generator loss from the discriminator's scores of generated images."""
-        if self.loss == "bce":
-            # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))).
-            return F.binary_cross_entropy_with_logits(fake_scores, torch.ones_like(fake_scores))
-        return -fake_scores.mean()
+    @property
+    def n_discriminator_steps_(self):
+        return self.n_steps_["d"]
 
-    # ------------------------------------------------------------------ steps
-    def _real_images(self, batch, training):
-        Xi, _ = unpack_data(batch)
-        x = to_tensor(Xi, device=self.device)
-        if training:
-            x = augment_batch(x, self.augment, self.rng_)
-        filled, _ = self.split_roi(x)
-        return self.scale_x(filled)
-
-    def _discriminator_step(self, real, batch):
-        optimizer = self.optimizer_d_
-        optimizer.zero_grad()
-        with torch.no_grad():
-            fake = self.generator_(self.sample_latents(len(real), self.rng_))
-        loss = self.discriminator_loss(real, fake, self.rng_)
-        loss.backward()
-        self.notify(
-            "on_grad_computed",
-            named_parameters=TeeGenerator(self.discriminator_.named_parameters()),
-            batch=batch,
-            training=True,
-        )
-        optimizer.step()
-        # No stale discriminator gradient outlives its step.
-        optimizer.zero_grad()
-        self.n_discriminator_steps_ += 1
-        return loss.detach()
-
-    def _generator_step(self, n_samples, batch):
-        optimizer = self.optimizer_g_
-        optimizer.zero_grad()
-        critic_params = [p for p in self.discriminator_.parameters() if p.requires_grad]
-        # The discriminator only passes the gradient through to the images: with its
-        # parameters not requiring grad, backward computes and keeps no gradient for
-        # them, so nothing of the discriminator can change in this step.
-        for param in critic_params:
-            param.requires_grad_(False)
-        try:
-            fake = self.generator_(self.sample_latents(n_samples, self.rng_))
-            loss = self.generator_loss(self._scores(fake))
-            loss.backward()
-        finally:
-            for param in critic_params:
-                param.requires_grad_(True)
-        self.notify(
-            "on_grad_computed",
-            named_parameters=TeeGenerator(self.generator_.named_parameters()),
-            batch=batch,
-            training=True,
-        )
-        optimizer.step()
-        optimizer.zero_grad()
-        self.n_generator_steps_ += 1
-        return loss.detach()
-
-    @staticmethod
-    def _refuse_fit_params(fit_params):
-        if fit_params:
-            raise TypeError(f"GANNet takes no fit parameters, got {sorted(fit_params)}.")
-
-    def train_step(self, batch, **fit_params):
-        """One discriminator step, then a generator step after every ``n_critic``-th.
-
-        skorch's ``train_step`` would step every optimiser on one loss; a GAN
-        alternates two losses and two optimisers.
-
-        Returns
-        -------
-        step : dict
-            ``"loss"``: the generator loss (detached), or None in a batch without a
-            generator step; ``"loss_d"``: the discriminator loss (detached).
-        """
-        self._refuse_fit_params(fit_params)
-        self._set_training(True)
-        real = self._real_images(batch, training=True)
-        step = {"loss": None, "loss_d": self._discriminator_step(real, batch)}
-        if self.n_discriminator_steps_ % self.n_critic == 0:
-            step["loss"] = self._generator_step(len(real), batch)
-        return step
-
-    def validation_step(self, batch, **fit_params):
-        """Generator and discriminator losses of a batch, in eval mode, no update."""
-        self._refuse_fit_params(fit_params)
-        self._set_training(False)
-        real = self._real_images(batch, training=False)
-        with torch.no_grad():
-            fake = self.generator_(self.sample_latents(len(real), self.valid_rng_))
-            # The gradient penalty enables gradients for itself.
-            loss_d = self.discriminator_loss(real, fake, self.valid_rng_)
-            loss_g = self.generator_loss(self._scores(fake))
-        return {"loss": loss_g.detach(), "loss_d": loss_d.detach()}
-
-    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
-        if not training and iterator is not None:
-            # The same validation latents at every epoch, from a stream of their own.
-            self.valid_rng_ = make_generator(self.valid_seed_)
-        return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+    @property
+    def n_generator_steps_(self):
+        return self.n_steps_["g"]
 
     # -------------------------------------------------------------- inference
+    def infer(self, x, **fit_params):
+        raise NotImplementedError(
+            "GANNet has no single forward pass, so predict, predict_proba and forward "
+            "are not available: generate images with net.sample(n), or call "
+            "net.generator_(z) and net.discriminator_(x) directly."
+        )
+
     def sample(self, n_samples, seed=0):
         """Generate ``n_samples`` images, in input pixels (``[0, 1]`` for a tanh generator).
 
@@ -766,23 +476,6 @@ class GANNet(StageNetMixin, ImageNet):
         finally:
             self.generator_.train(was_training)
         return torch.cat(images)
-
-    def infer(self, x, **fit_params):
-        raise NotImplementedError(
-            "GANNet has no single forward pass, so predict, predict_proba and forward "
-            "are not available: generate images with net.sample(n), or call "
-            "net.generator_(z) and net.discriminator_(x) directly."
-        )
-
-    def __repr__(self):
-        state = "initialized" if self.initialized_ else "uninitialized"
-        suffix = "_" if self.initialized_ else ""
-        parts = [f"{type(self)}[{state}]("]
-        for name in self._NETWORKS:
-            text = str(getattr(self, name + suffix)).replace("\n", "\n  ")
-            parts.append(f"  {name}{suffix}={text},")
-        parts.append(")")
-        return "\n".join(parts)
 
 
 class MaxIter(Callback):

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from skanomaly.nn.encoders import Encoder, make_encoder
 from skanomaly.nn.fanogan import CriticEncoder, ResidualCritic, ResidualGenerator, upsample_nearest2x
 from skanomaly.nn.progressive import MinibatchStdDev, ProgressiveDiscriminator, ProgressiveGenerator
+from skanomaly.training.adversarial import real_batch_statistics
 from skanomaly.training.encoder import BestValidationAUC, EncoderNet, encoder_loss, encoder_scores
 from skanomaly.training.progressive import (
     PAPER_ITERATIONS,
@@ -67,6 +68,10 @@ def test_minibatch_stddev_is_batch_independent_in_eval_mode():
     x = torch.randn(8, 3, 4, 4)
     # In training mode an image's channel depends on its group...
     assert not torch.allclose(layer(x)[0, -1], layer(torch.cat([x[:1], 5 * x[1:]]))[0, -1])
+    # ...and its running mean moves only on passes the training loop marks as real.
+    assert layer.running_std == 0
+    with real_batch_statistics(layer):
+        layer(x)
     assert layer.running_std > 0
     layer.eval()
     alone = layer(x[:1])
@@ -146,15 +151,15 @@ def test_progressive_gan_grows_through_every_scale_and_averages_the_generator():
     X = np.random.default_rng(0).random((16, 1, 16, 16), dtype=np.float32)
     net = _progressive_net()
     seen = []
-    original = net._real_images
+    original = net.prepare_batch
 
     def record(batch, training):
-        real = original(batch, training)
+        inputs = original(batch, training)
         if training:
-            seen.append((real.shape[-1], float(net.generator_.alpha)))
-        return real
+            seen.append((inputs["x"].shape[-1], float(net.generator_.alpha)))
+        return inputs
 
-    net._real_images = record
+    net.prepare_batch = record
     net.fit(X)
     assert net.schedule_complete_ and net.n_discriminator_steps_ == 30
     sides = [side for side, _ in seen]

@@ -141,13 +141,17 @@ def test_train_step_updates_both_networks_and_leaves_no_gradients():
     assert all(p.requires_grad for p in params)
 
 
+def _update(net, group):
+    return next(update for update in net.schedule() if update.group == group)
+
+
 def test_discriminator_step_changes_only_the_discriminator():
     net = make_net().initialize()
     batch = first_batch(net, images())
-    real = net._real_images(batch, training=True)
-    g_before, d_before = snapshot(net.generator_), snapshot(net.discriminator_)
     net._set_training(True)
-    net._discriminator_step(real, batch)
+    inputs = net.prepare_batch(batch, training=True)
+    g_before, d_before = snapshot(net.generator_), snapshot(net.discriminator_)
+    net.run_update(_update(net, "d"), inputs, batch)
     assert same(net.generator_, g_before)
     assert changed_all_parameters(net.discriminator_, d_before)
 
@@ -160,7 +164,7 @@ def test_generator_step_changes_only_the_generator_and_computes_no_discriminator
     net.callbacks_.append(("spy", _GradientSpy(seen)))
     g_before, d_before = snapshot(net.generator_), snapshot(net.discriminator_)
     net._set_training(True)
-    net._generator_step(8, batch)
+    net.run_update(_update(net, "g"), net.prepare_batch(batch, training=True), batch)
     assert changed_all_parameters(net.generator_, g_before)
     assert same(net.discriminator_, d_before)
     assert seen == [[None] * len(list(net.discriminator_.parameters()))]
