@@ -26,7 +26,7 @@ from pathlib import Path
 from _jsrt import add_protocol_arguments, baseline_result, command_line, evaluate, load_protocol, machine
 
 from skanomaly.detectors import FAnoGANDetector
-from skanomaly.training.encoder import BestValidationAUC
+from skanomaly.detectors.fanogan import BestValidationAUC
 
 RESULTS = Path(__file__).parent / "results" / "jsrt_fanogan.json"
 

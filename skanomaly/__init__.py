@@ -10,12 +10,13 @@ scorers, thresholds), :mod:`skanomaly.plotting`, :mod:`skanomaly.parallel`
 __version__ = "0.1.0.dev0"
 
 from . import datasets, detectors, metrics, model_selection, parallel, preprocessing  # noqa: E402
-from .detectors import AnoGANDetector, CAEDetector, VAEDetector  # noqa: E402
+from .detectors import AnoGANDetector, CAEDetector, FAnoGANDetector, VAEDetector  # noqa: E402
 from .io import load_model, save_model  # noqa: E402
 
 __all__ = [
     "AnoGANDetector",
     "CAEDetector",
+    "FAnoGANDetector",
     "VAEDetector",
     "datasets",
     "detectors",

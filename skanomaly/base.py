@@ -7,20 +7,26 @@ score through a few private hooks (the public methods validate, the hooks work),
 the style of imbalanced-learn. See ``docs/design.rst`` for the contract.
 """
 
+import contextlib
+import copy
 import re
+import threading
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from scipy.stats import median_abs_deviation
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch.callbacks import ProgressBar
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
-from tqdm.auto import tqdm
 
+from .training.nets import pad_to_side
+from .utils.scoring import aggregate_patches, score_in_batches
+from .utils.tags import DetectorTags
 from .utils.validation import check_image_size, input_ndim, read_layout, validate_images
 
 __all__ = ["BaseDeepDetector", "resolve_device"]
@@ -95,6 +101,11 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
       follow patches;
     * ``_initialize_networks(device)``: build every net, initialised but untrained,
       with shared modules shared (used to restore saved weights);
+    * ``_network_config()`` and ``_check_network_config(config, image_shape)``: the
+      architecture resolved at fit (``network_config_``), which every net is built
+      from in training and loading alike, and its validation when read from a file;
+      a ``"side"`` entry makes the base pad training samples (NaN) and scoring
+      batches (0, ROI False) to that square and crop maps back, so no detector pads;
     * ``_torch_modules()``: every fitted ``nn.Module`` by name, each once;
     * ``_scoring_context()``: ``torch.inference_mode()`` by default;
       ``torch.enable_grad()`` for a detector that searches latents when scoring;
@@ -136,7 +147,9 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             Image labels, 0 = normal, 1 = abnormal (the package's convention). The
             detectors learn from normal images only, so a ``y`` that marks any image
             abnormal (any label other than 0) is refused rather than trained on;
-            ``None`` or all zeros trains on every image.
+            ``None`` or all zeros trains on every image. A semi-supervised detector
+            (``labels="semi-supervised"`` in its :class:`~skanomaly.utils.tags.DetectorTags`)
+            also takes -1, unlabelled.
 
         Returns
         -------
@@ -164,7 +177,11 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         check_image_size(self.image_shape_, self._min_image_size(), hint=self._min_size_hint())
         device = resolve_device(self.device)
         self._seed = _torch_seed(self.random_state)
-        histories = self._fit_networks(samples, owners, y, device)
+        config = self._network_config()
+        if config is not None:
+            self.network_config_ = config
+        padded = self._pad_to_network(torch.from_numpy(samples), float("nan")).numpy()
+        histories = self._fit_networks(padded, owners, y, device)
         self.histories_ = dict(histories)
         if len(self.histories_) == 1:
             (self.history_,) = self.histories_.values()
@@ -195,6 +212,19 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             raise ValueError(
                 f"y must hold numeric image labels (0 = normal, 1 = abnormal); got dtype {y.dtype}."
             )
+        if self.__skanomaly_tags__().labels == "semi-supervised":
+            # 0 = normal, -1 = unlabelled (HealthyGAN); only images marked abnormal
+            # are refused.
+            abnormal = np.flatnonzero(np.asarray((y != 0) & (y != -1)))
+            if abnormal.size:
+                raise ValueError(
+                    f"{type(self).__name__} trains on normal (y = 0) and unlabelled (y = -1) "
+                    f"images, but {abnormal.size} of the {n_images} images have another label "
+                    f"(first: {y[abnormal[0]].item()!r} at index {abnormal[0]}); it never trains "
+                    "on images marked abnormal (1): mark them -1 (unlabelled) or leave them "
+                    "out, e.g. fit(X[y != 1], y[y != 1])."
+                )
+            return y
         abnormal = np.flatnonzero(np.asarray(y != 0))
         if abnormal.size:
             shown = ", ".join(map(str, abnormal[:10])) + (" ..." if abnormal.size > 10 else "")
@@ -252,7 +282,8 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         return samples[~held_out], samples[held_out]
 
     def _initialize_networks(self, device):
-        """Build every net, initialised and untrained, as fitted attributes."""
+        """Build every net, initialised and untrained, as fitted attributes (from
+        ``network_config_`` where the detector keeps one, as ``fit`` built them)."""
         net = self._make_net(device)
         net.initialize()
         setattr(self, self._net_attributes[0], net)
@@ -270,9 +301,10 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         the training set is assumed abnormal, which fits training on normal images.
         """
         if self.contamination == "auto":
-            median = np.median(train_scores)
-            spread = 1.4826 * np.median(np.abs(train_scores - median))
-            return float(median - 3.0 * spread)
+            # scale="normal": the MAD rescaled to estimate a normal distribution's
+            # standard deviation (x 1.4826).
+            spread = median_abs_deviation(train_scores, scale="normal")
+            return float(np.median(train_scores) - 3.0 * spread)
         return float(np.percentile(train_scores, 100.0 * self.contamination))
 
     def _skorch_kwargs(self, device):
@@ -387,46 +419,71 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         """Autograd mode of scoring: none at all, unless a detector needs gradients."""
         return torch.inference_mode()
 
+    @contextlib.contextmanager
     def _freeze_for_scoring(self):
-        """Put every module in eval mode without gradients; return their device.
+        """Context in which every module is in eval mode without gradients; yields
+        their device.
 
         No scoring path can then move a weight or a BatchNorm statistic, whatever
-        autograd mode the detector scores under.
+        autograd mode the detector scores under. On leaving (also on an exception),
+        every submodule's training mode and every parameter's ``requires_grad`` are
+        restored: ``fit`` scores its own training images for ``offset_``, and a fitted
+        net must still train (``partial_fit``) afterwards. Scorings of one fitted
+        detector in several threads at once (Dask workers share the scattered model)
+        freeze once and restore when the last one leaves, never in between.
         """
-        device = None
-        for module in self._torch_modules().values():
-            module.eval()
-            module.requires_grad_(False)
-            if device is None:
-                tensor = next(iter(module.parameters()), None)
-                if tensor is None:
-                    tensor = next(iter(module.buffers()), None)
-                device = tensor.device if tensor is not None else None
-        return device if device is not None else torch.device("cpu")
+        modules = list(self._torch_modules().values())
+        with _FREEZE_LOCK:
+            for module in modules:
+                entry = _FROZEN.get(id(module))
+                if entry is None:
+                    entry = _FROZEN[id(module)] = [0, _training_state(module)]
+                    module.eval()
+                    module.requires_grad_(False)
+                entry[0] += 1
+        try:
+            yield _module_device(modules)
+        finally:
+            with _FREEZE_LOCK:
+                for module in modules:
+                    entry = _FROZEN[id(module)]
+                    entry[0] -= 1
+                    if not entry[0]:
+                        del _FROZEN[id(module)]
+                        _restore_training_state(entry[1])
 
     def _run_batches(self, samples, want_maps):
-        """Score ``(M, H, W)`` samples batch by batch: image anomaly and optional maps."""
-        device = self._freeze_for_scoring()
-        n = samples.shape[0]
-        anomalies = np.empty(n, dtype=np.float64)
-        maps = np.empty(samples.shape, dtype=np.float32) if want_maps else None
-        batch_size = self._scoring_batch_size()
-        starts = range(0, n, batch_size)
-        if self.verbose:
-            starts = tqdm(starts, desc=f"{type(self).__name__} scoring", unit="batch")
-        for start in starts:
-            # Built outside the scoring context, so that a detector scoring under
-            # enable_grad gets ordinary tensors that can take part in autograd.
-            batch = torch.from_numpy(samples[start : start + batch_size]).to(device)[:, None]
-            roi = ~torch.isnan(batch)
-            filled = torch.nan_to_num(batch, nan=0.0)
-            with self._scoring_context():
-                pixel, image = self._anomaly_batch(filled, roi)
-                anomalies[start : start + len(batch)] = image.detach().double().cpu().numpy()
-                if want_maps:
-                    pixel = pixel.detach().reshape(batch.shape).masked_fill(~roi, float("nan"))
-                    maps[start : start + len(batch)] = pixel[:, 0].float().cpu().numpy()
-        return anomalies, maps
+        """Score ``(M, H, W)`` samples batch by batch: image anomaly and optional maps.
+
+        The networks compute in float32; anomalies are returned as float64 (the dtype
+        scikit-learn's outlier API asks for), an exact widening of float32 values
+        whose precision is float32's (``docs/design.rst``, section 3).
+        """
+        with self._freeze_for_scoring() as device:
+            return self._run_frozen_batches(samples, want_maps, device)
+
+    def _run_frozen_batches(self, samples, want_maps, device):
+        desc = f"{type(self).__name__} scoring" if self.verbose else None
+
+        def anomaly_batch(x, roi):
+            height, width = x.shape[-2:]
+            pixel, image = self._anomaly_batch(self._pad_to_network(x, 0.0), self._pad_to_network(roi, False))
+            return pixel[..., :height, :width], image
+
+        return score_in_batches(
+            samples, anomaly_batch, batch_size=self._scoring_batch_size(), device=device,
+            context=self._scoring_context, want_maps=want_maps, desc=desc,
+        )  # fmt: skip
+
+    def _pad_to_network(self, x, value):
+        """``(..., H, W)`` padded at the bottom and right with ``value`` to the square
+        side the networks take (``network_config_["side"]``), where a detector keeps
+        one; as it is otherwise. Training samples are padded with NaN (outside the
+        region of interest) before ``_fit_networks`` sees them, and scoring batches
+        with 0 and a False ROI before ``_anomaly_batch`` does; maps are cropped back."""
+        side = getattr(self, "network_config_", None) or {}
+        side = side.get("side")
+        return x if side is None else pad_to_side(x, side, value)
 
     def _patch_anomalies(self, bags):
         """``(N, P)`` patch anomalies of bags, NaN for absent patches."""
@@ -436,34 +493,10 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         out[present], _ = self._run_batches(patches[present], want_maps=False)
         return out.reshape(bags.shape[:2])
 
-    def _aggregate_patches(self, patch_anomaly):
-        """Image anomaly from ``(N, P)`` patch anomalies, ignoring absent patches.
-
-        ``("topk", k)`` averages the ``k`` largest present patch anomalies of each
-        image, or all of them where an image has fewer than ``k`` (with a warning).
-        """
-        agg = self.patch_aggregation
-        if agg == "max":
-            return np.nanmax(patch_anomaly, axis=1)
-        if agg == "mean":
-            return np.nanmean(patch_anomaly, axis=1)
-        k = agg[1]
-        n_present = np.isfinite(patch_anomaly).sum(axis=1)
-        if (n_present < k).any():
-            warnings.warn(
-                f"patch_aggregation=('topk', {k}) but {int((n_present < k).sum())} image(s) "
-                f"have fewer present patches (as few as {int(n_present.min())}); their score "
-                "is the mean over all their patches.",
-                UserWarning,
-                stacklevel=4,
-            )
-        ranked = -np.sort(-np.where(np.isnan(patch_anomaly), -np.inf, patch_anomaly), axis=1)[:, :k]
-        return np.nanmean(np.where(np.isfinite(ranked), ranked, np.nan), axis=1)
-
     def _score_images(self, images):
         """Normality scores of validated images or bags."""
         if images.ndim == 4:
-            return -self._aggregate_patches(self._patch_anomalies(images))
+            return -aggregate_patches(self._patch_anomalies(images), self.patch_aggregation)
         return -self._run_batches(images, want_maps=False)[0]
 
     def score_samples(self, X):
@@ -572,6 +605,10 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         }
         if hasattr(self, "feature_names_in_"):
             state["feature_names_in_"] = [str(n) for n in self.feature_names_in_]
+        if hasattr(self, "network_config_"):
+            state["network_config_"] = {
+                key: list(value) if isinstance(value, tuple) else value for key, value in self.network_config_.items()
+            }
         return state
 
     def _set_fitted_state(self, state):
@@ -609,6 +646,12 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             not isinstance(names, list) or len(names) != n_features or not all(isinstance(n, str) for n in names)
         ):
             fail("feature_names_in_")
+        config = None
+        if "network_config_" in state:
+            try:
+                config = self._check_network_config(state["network_config_"], tuple(shape))
+            except (ValueError, TypeError) as err:
+                fail(f"network_config_: {err}")
         self.image_shape_ = tuple(shape)
         self.offset_ = float(offset)
         self.n_features_in_ = int(n_features)
@@ -620,24 +663,52 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
             self.n_iter_ = {stage: len(h) for stage, h in self.histories_.items()}
         if names is not None:
             self.feature_names_in_ = np.asarray(names, dtype=object)
+        if config is None:
+            # A file from before network_config_ was saved: its parameters are the
+            # ones it was fitted with, unless they were changed after fitting.
+            try:
+                config = self._network_config()
+            except ValueError as err:
+                fail(f"the parameters do not describe the saved networks: {err}")
+        if config is not None:
+            self.network_config_ = config
+
+    def _network_config(self):
+        """What the networks are built from (``network_config_``), resolved at fit.
+
+        A detector whose scoring depends on the architecture its parameters describe
+        (``latent_dim``, widths, the side padded to) overrides this, sets
+        ``network_config_`` in ``_fit_networks``, and builds its nets from
+        ``network_config_`` alone, in training and in loading alike; then a parameter
+        changed after fitting takes effect at the next fit, as in scikit-learn, and a
+        model file rebuilds exactly the fitted networks. Values are ints, floats,
+        strings, None or tuples of ints (saved as JSON). The base keeps none.
+        """
+        return None
+
+    def _check_network_config(self, config, image_shape):
+        """``network_config_`` read from a model file, type- and range-checked (for
+        samples of ``image_shape``), with tuples restored; a ValueError names the entry
+        at fault."""
+        raise ValueError(f"{type(self).__name__} keeps no network configuration")
 
     def _module_shapes(self):
         """``{module name: {tensor name: (shape, dtype)}}`` of the networks these
-        parameters build, computed on torch's meta device: nothing is allocated, so a
-        file's tensors can be checked against it before any real module is built."""
-        self._seed = 0
-        try:
-            with torch.device("meta"):
-                self._initialize_networks("meta")
-            return {
-                name: {key: (tuple(t.shape), t.dtype) for key, t in module.state_dict().items()}
-                for name, module in self._torch_modules().items()
-            }
-        finally:
-            del self._seed
-            for attribute in self._net_attributes:
-                if hasattr(self, attribute):
-                    delattr(self, attribute)
+        parameters (and ``network_config_``, where the detector keeps one) build,
+        computed on torch's meta device: nothing is allocated, so a file's tensors can
+        be checked against it before any real module is built.
+
+        The networks are built on a shallow copy, so a fitted detector keeps its own
+        networks and seed.
+        """
+        builder = copy.copy(self)
+        builder._seed = 0  # meta tensors hold no values: any seed will do
+        with torch.device("meta"):
+            builder._initialize_networks("meta")
+        return {
+            name: {key: (tuple(t.shape), t.dtype) for key, t in module.state_dict().items()}
+            for name, module in builder._torch_modules().items()
+        }
 
     def _load_networks(self, state_dicts, device):
         """Build the networks on ``device`` and load saved weights into them (for
@@ -646,11 +717,16 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         ``state_dicts`` maps every name of ``_torch_modules()`` to its state dict; the
         caller has checked names and shapes against ``_module_shapes()``.
         """
+        missing = object()
+        seed = getattr(self, "_seed", missing)
         self._seed = 0  # initial weights are overwritten; any seed will do
         try:
             self._initialize_networks(device)
         finally:
-            del self._seed
+            if seed is missing:
+                del self._seed
+            else:
+                self._seed = seed
         for name, module in self._torch_modules().items():
             module.load_state_dict(state_dicts[name])
         for attribute in self._net_attributes:
@@ -665,6 +741,12 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         tags.non_deterministic = self.random_state is None
         return tags
 
+    def __skanomaly_tags__(self):
+        """The package's own tags (:class:`skanomaly.utils.tags.DetectorTags`): label
+        semantics and the detector checks' tolerances. Detectors extend them; read
+        them with :func:`skanomaly.utils.tags.get_detector_tags`."""
+        return DetectorTags()
+
 
 def _clone_callback(callback):
     """A fresh copy of a user's skorch callback, so fitting never mutates theirs."""
@@ -676,6 +758,51 @@ def _clone_callback(callback):
         import copy
 
         return copy.deepcopy(callback)
+
+
+def _config_mapping(config, keys):
+    """``config`` (a ``network_config_`` from a file) if it is a mapping with exactly
+    ``keys``; a ValueError naming what is missing or unexpected otherwise."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{_short_repr(config)} is not a mapping")
+    missing, extra = sorted(set(keys) - set(config)), sorted(set(config) - set(keys))
+    if missing or extra:
+        raise ValueError(f"entries missing {missing}, unexpected {extra}")
+    return config
+
+
+def _config_int(config, key, low, high):
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key}={_short_repr(value)} (an integer in [{low}, {high}])")
+    return value
+
+
+def _config_float(config, key, low, high, closed="both"):
+    """A finite number in ``[low, high]`` (``closed="left"``: ``[low, high)``; ``high``
+    None: no upper bound), as a float."""
+    value = config[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= low
+    if ok and high is not None:
+        ok = value <= high if closed == "both" else value < high
+    if not ok:
+        bound = "inf)" if high is None else (f"{high}]" if closed == "both" else f"{high})")
+        raise ValueError(f"{key}={_short_repr(value)} (a number in [{low}, {bound})")
+    return float(value)
+
+
+def _config_widths(config, key, min_len, max_len):
+    """Layer widths: ``min_len`` to ``max_len`` integers in [1, 4096], as a tuple."""
+    value = config[key]
+    ok = isinstance(value, (list, tuple)) and min_len <= len(value) <= max_len
+    if not ok or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in value):
+        raise ValueError(f"{key}={_short_repr(value)} ({min_len} to {max_len} integer widths in [1, 4096])")
+    return tuple(value)
+
+
+def _short_repr(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _jsonable_history(history):
@@ -694,3 +821,39 @@ def _jsonable_history(history):
         return None
 
     return convert(list(history))
+
+
+# Modules frozen by scorings in flight: id(module) -> [number of scorings, the state to
+# restore when the last one leaves]. Keyed by module, not by detector: the state is the
+# modules', and one module may serve several detector objects (shallow copies).
+_FREEZE_LOCK = threading.Lock()
+_FROZEN = {}
+
+
+def _training_state(module):
+    """Every submodule's training mode and every parameter's ``requires_grad``."""
+    return (
+        [(child, child.training) for child in module.modules()],
+        [(param, param.requires_grad) for param in module.parameters()],
+    )
+
+
+def _restore_training_state(state):
+    # Flags set one by one: Module.train(mode) would set a submodule that was
+    # deliberately in eval mode (a frozen helper inside a trained net) to mode too.
+    modes, grads = state
+    for child, training in modes:
+        child.training = training
+    for param, requires_grad in grads:
+        param.requires_grad_(requires_grad)
+
+
+def _module_device(modules):
+    """The device of the first parameter (or buffer) of ``modules``; the CPU if none."""
+    for module in modules:
+        tensor = next(iter(module.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(module.buffers()), None)
+        if tensor is not None:
+            return tensor.device
+    return torch.device("cpu")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from skanomaly import cli
 from skanomaly.cli import main
+from skanomaly import detectors
 from skanomaly.datasets import load_images, make_chest_phantoms
 from skanomaly.detectors import CAEDetector
 from skanomaly.io import load_model
@@ -21,6 +22,22 @@ from skanomaly.metrics import anomaly_roc_auc
 
 # Tiny settings: every fit below trains in about a second on one core.
 CAE_PARAMS = ["--param", "channels=4,8", "--param", "max_epochs=2", "--param", "lr=2e-3"]
+
+
+def _params(**params):
+    return [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
+
+
+# Fast command-line settings for every detector the command line offers (the
+# package's detectors, skanomaly.detectors.__all__) on the 32 px phantoms below;
+# test_every_detector_has_fast_cli_settings fails until a new detector has some.
+CLI_PARAMS = {
+    "CAEDetector": CAE_PARAMS,
+    "VAEDetector": _params(channels="4,8", latent_dim=4, max_epochs=2),
+    "AnoGANDetector": _params(channels="4,8", latent_dim=4, max_epochs=2, n_search_steps=3),
+    "FAnoGANDetector": _params(encoder="critic", gan_channels="4,4,4,4", latent_dim=4, gan_iterations=6,
+                               max_epochs=2),
+}
 
 
 def test_demo_trains_reports_and_writes_model_and_figure(tmp_path, capsys):
@@ -104,6 +121,27 @@ def model_path(folders):
 def _read_rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_every_detector_has_fast_cli_settings():
+    missing = sorted(set(detectors.__all__) - set(CLI_PARAMS))
+    assert not missing, f"add fast command-line settings for {missing} to CLI_PARAMS in tests/test_cli.py"
+
+
+@pytest.mark.parametrize("name", sorted(detectors.__all__))
+def test_every_detector_fits_and_scores_from_the_command_line(name, folders, tmp_path):
+    """fit writes a model file of the detector, score writes what that model scores."""
+    if name not in CLI_PARAMS:
+        pytest.fail(f"no fast command-line settings for {name} (CLI_PARAMS)")
+    model, out = tmp_path / "model.skan", tmp_path / "scores.csv"
+    assert main(["fit", "--detector", name, *CLI_PARAMS[name], "--train", str(folders / "train"),
+                 "--out", str(model), "-q"]) == 0
+    assert main(["score", str(model), str(folders / "test"), "--out", str(out), "-q"]) == 0
+    loaded = load_model(model)
+    assert type(loaded) is getattr(detectors, name)
+    rows = _read_rows(out)
+    scores = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_array_equal(scores, loaded.score_samples(load_images([Path(r["path"]) for r in rows])))
 
 
 def test_fit_trains_on_the_normal_folder_only(folders, model_path, capsys):
@@ -242,7 +280,7 @@ def _tampered(model_path, tmp_path):
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("unknown_detector", "invalid choice: 'Nope' (choose from 'AnoGANDetector', 'CAEDetector', 'FAnoGANDetector', 'VAEDetector')"),
+        ("unknown_detector", f"invalid choice: 'Nope' (choose from {', '.join(map(repr, sorted(detectors.__all__)))})"),
         ("unknown_step", "unknown step 'Blur' (choose from CLAHE"),
         ("unknown_param", "CAEDetector has no parameter 'foo' (choose from channels"),
         ("bad_param_value", "The 'lr' parameter of CAEDetector"),

@@ -14,9 +14,11 @@ square crop, dilation). The checks' data are random floats far outside [0, 1]
 
 import warnings
 
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly.detectors import AnoGANDetector, CAEDetector, FAnoGANDetector, VAEDetector
+from skanomaly.io import _registry
 from skanomaly.model_selection import ThresholdTuner
 from skanomaly.preprocessing import (
     CLAHE,
@@ -48,34 +50,39 @@ FAST_FANOGAN = dict(
     contamination=0.1, **_FAST_GAN
 )
 
-DETECTORS = [
-    CAEDetector(channels=(4,), **FAST_DETECTOR),
-    VAEDetector(channels=(), latent_dim=2, **FAST_DETECTOR),
-    AnoGANDetector(**FAST_ANOGAN),
-    FAnoGANDetector(**FAST_FANOGAN),
-]
+# Every detector a model file may name (skanomaly.io's registry, built from
+# skanomaly.detectors.__all__): the lists below are derived from it, so a new detector
+# runs every check once it has fast settings, and test_every_registered_detector_has_
+# fast_settings fails until it has.
+REGISTERED_DETECTORS = sorted(
+    (cls for cls, kind in _registry().values() if kind == "detector"), key=lambda cls: cls.__name__
+)
+
+# Fast settings per detector class on scikit-learn's tabular strips.
+SKLEARN_SETTINGS = {
+    CAEDetector: dict(channels=(4,), **FAST_DETECTOR),
+    VAEDetector: dict(channels=(), latent_dim=2, **FAST_DETECTOR),
+    AnoGANDetector: FAST_ANOGAN,
+    FAnoGANDetector: FAST_FANOGAN,
+}
+
+DETECTORS = [cls(**SKLEARN_SETTINGS[cls]) for cls in REGISTERED_DETECTORS if cls in SKLEARN_SETTINGS]
 
 
 def _labels_ignored(detector_class):
     """The detector with ``fit(X, y)`` calling ``fit(X)``: every other line of its code
-    runs the checks that pass class-like ``y`` (see ``_ABNORMAL_Y`` below)."""
-    return type(f"{detector_class.__name__}LabelsIgnored", (detector_class,), {
+    runs the checks that pass class-like ``y`` (see ``_ABNORMAL_Y`` below). Bound to a
+    name of this module, so that pickling it (a check does) finds the class."""
+    name = f"{detector_class.__name__}LabelsIgnored"
+    subclass = type(name, (detector_class,), {
         "fit": lambda self, X, y=None: detector_class.fit(self, X),
         "__module__": __name__,
     })
+    globals()[name] = subclass
+    return subclass
 
 
-CAEDetectorLabelsIgnored = _labels_ignored(CAEDetector)
-VAEDetectorLabelsIgnored = _labels_ignored(VAEDetector)
-AnoGANDetectorLabelsIgnored = _labels_ignored(AnoGANDetector)
-FAnoGANDetectorLabelsIgnored = _labels_ignored(FAnoGANDetector)
-
-LABELS_IGNORED = [
-    CAEDetectorLabelsIgnored(channels=(4,), **FAST_DETECTOR),
-    VAEDetectorLabelsIgnored(channels=(), latent_dim=2, **FAST_DETECTOR),
-    AnoGANDetectorLabelsIgnored(**FAST_ANOGAN),
-    FAnoGANDetectorLabelsIgnored(**FAST_FANOGAN),
-]
+LABELS_IGNORED = [_labels_ignored(type(detector))(**detector.get_params()) for detector in DETECTORS]
 
 # ThresholdTuner around a fast detector: method="fpr" is the one that also works
 # without labels (fit(X) = all images normal), and cv=0.5 is one split, one training.
@@ -184,21 +191,26 @@ _TUNER_CHECKS_WITH_Y = [
     "check_readonly_memmap_input",
 ]
 
+# scikit-learn compares the outputs of a subset, or of another sample order, with the
+# full batch's at rtol 1e-7, the tolerance for float64 output (check_outliers_train
+# requires float64 scores). The networks compute in float32 and their kernels group
+# reductions by batch shape and by instruction set: scores of a subset differ by 2e-7
+# (VAE, AVX-512) to 3e-7 (f-AnoGAN, AVX2) relative, measured, and may agree exactly on
+# another CPU, hence non-strict expected failures for every deep detector and for the
+# tuner around one. No sample is coupled to another: the package's own checks
+# (check_scores_independent_of_batch_size / _sample_order) hold the same property to
+# the detector's float32 score_tolerance (skanomaly.utils.tags.float32_rtol).
+_FLOAT32_BATCHING = (
+    "float32 networks: subset or reordered scores differ from the full batch's by float32 "
+    "rounding (~2e-7 relative, depending on batch shape and CPU), not within sklearn's "
+    "float64 1e-7; the package's batch-size and order checks hold them to the detector's "
+    "float32 score_tolerance"
+)
+_BATCHING_CHECKS = ["check_methods_sample_order_invariance", "check_methods_subset_invariance"]
+
 EXPECTED_FAILURES = {
     "ThresholdTuner": dict.fromkeys(_TUNER_CHECKS_WITH_Y, _TUNER_LABELS),
-    "CAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
-    "VAEDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
-    "AnoGANDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
-    "FAnoGANDetector": dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y),
-    # sklearn compares decision_function across sample orders and subsets at rtol 1e-7;
-    # float32 GEMM/convolution kernels block by batch shape, and behind PixelNorm and
-    # equalised weights two scores of 20 differ by 3e-7 relative (measured). Samples
-    # are not coupled: the package's own order and batch-size checks pass at 1e-5.
-    "FAnoGANDetectorLabelsIgnored": dict.fromkeys(
-        ["check_methods_sample_order_invariance", "check_methods_subset_invariance"],
-        "float32 kernels that block by batch shape: scores agree to ~3e-7 relative, "
-        "sklearn asks 1e-7; check_scores_independent_of_sample_order holds them to 1e-5",
-    ),
+    "ThresholdTunerLabelsIgnored": dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING),
     "MaskApplier": {
         check: _ODD_FEATURES
         for check in [
@@ -222,12 +234,23 @@ EXPECTED_FAILURES = {
 }
 
 
+# The same two entries for every registered detector: labels for the detector itself
+# (whose y checks fail on the labels first), float32 batching for its LabelsIgnored
+# twin.
+for _cls in REGISTERED_DETECTORS:
+    EXPECTED_FAILURES[_cls.__name__] = dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y)
+    EXPECTED_FAILURES[f"{_cls.__name__}LabelsIgnored"] = dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING)
+
+
 def _expected_failed_checks(estimator):
     return EXPECTED_FAILURES.get(type(estimator).__name__, {})
 
 
+# xfail_strict=False: an expected failure of float32 rounding may pass on one CPU.
 @parametrize_with_checks(
-    DETECTORS + LABELS_IGNORED + TUNERS + TRANSFORMERS, expected_failed_checks=_expected_failed_checks
+    DETECTORS + LABELS_IGNORED + TUNERS + TRANSFORMERS,
+    expected_failed_checks=_expected_failed_checks,
+    xfail_strict=False,
 )
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
@@ -242,19 +265,104 @@ def test_sklearn_compatible(estimator, check):
 # The package's own contract, on images: batch-size and order independence, weights
 # untouched by scoring, the ROI contract, exact round trips, one-patch bags, seeding in
 # threads, failed fits, labels and pixel ranges (skanomaly.utils.estimator_checks).
+# Fast settings per detector class on 16 px images, one entry per branch worth its
+# own run of every check.
+IMAGE_SETTINGS = {
+    CAEDetector: [
+        dict(channels=(4, 8), max_epochs=2, batch_size=8, augment="advanced"),
+        dict(channels=(4,), max_epochs=2, batch_size=8, anomaly_score=("topk", 7), augment=None),
+    ],
+    VAEDetector: [dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="l1+kld")],
+    AnoGANDetector: [
+        dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=4),
+        dict(channels=(4,), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="discriminator"),
+    ],
+    FAnoGANDetector: [
+        dict(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
+             max_epochs=2, batch_size=8),
+        dict(generator="wgan-gp", encoder="resnet18", loss="izif", anomaly_score="izif",
+             gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, max_epochs=2, batch_size=8),
+    ],
+}
+
 FAST_IMAGE_DETECTORS = [
-    CAEDetector(channels=(4, 8), max_epochs=2, batch_size=8, augment="advanced"),
-    CAEDetector(channels=(4,), max_epochs=2, batch_size=8, anomaly_score=("topk", 7), augment=None),
-    VAEDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="l1+kld"),
-    AnoGANDetector(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=4),
-    AnoGANDetector(channels=(4,), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="discriminator"),
-    FAnoGANDetector(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
-                    max_epochs=2, batch_size=8),
-    FAnoGANDetector(generator="wgan-gp", encoder="resnet18", loss="izif", anomaly_score="izif",
-                    gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, max_epochs=2, batch_size=8),
+    cls(**settings) for cls in REGISTERED_DETECTORS for settings in IMAGE_SETTINGS.get(cls, [])
 ]
 
 
 @parametrize_with_detector_checks(FAST_IMAGE_DETECTORS)
 def test_detector_contract(detector, check):
     check(detector)
+
+
+def test_every_detector_is_in_the_top_level_namespace():
+    import skanomaly
+    from skanomaly import detectors
+
+    for name in detectors.__all__:
+        assert getattr(skanomaly, name, None) is getattr(detectors, name), f"skanomaly.{name} is missing"
+        assert name in skanomaly.__all__, f"{name} is not in skanomaly.__all__"
+
+
+@pytest.mark.parametrize("detector", REGISTERED_DETECTORS, ids=lambda cls: cls.__name__)
+def test_every_detector_declares_its_tags_and_tolerances(detector):
+    """Each detector states its label semantics and its own tolerances, with reasons;
+    tags are read from any parameters, also ones fit will refuse."""
+    from skanomaly.utils.tags import LABEL_SEMANTICS, get_detector_tags
+
+    for instance in (detector(), *(detector(**s) for s in IMAGE_SETTINGS.get(detector, []))):
+        tags = get_detector_tags(instance)
+        assert tags.labels in LABEL_SEMANTICS
+        for tolerance in (tags.score_tolerance, tags.training_tolerance):
+            assert 0 < tolerance.rtol < 0.1 and tolerance.reason
+        # Its own, not the base's defaults.
+        assert "no detector-specific" not in tags.score_tolerance.reason + tags.training_tolerance.reason
+        # Above float32 rounding of a single operation, below any real coupling.
+        assert 1e-6 < tags.score_tolerance.rtol < 1e-2
+    bad = detector().set_params(**{name: "nonsense" for name in ("channels", "gan_channels", "latent_dim")
+                                   if name in detector().get_params()})
+    assert get_detector_tags(bad).score_tolerance.rtol > 0
+
+
+def _missing_fast_settings(registered, tables):
+    """``{table name: [class names]}`` of registered detectors a table leaves out."""
+    missing = {}
+    for name, table in tables.items():
+        names = sorted(cls.__name__ for cls in registered if not table.get(cls))
+        if names:
+            missing[name] = names
+    return missing
+
+
+def test_every_registered_detector_has_fast_settings():
+    """A detector added to skanomaly.detectors runs no check until it has fast
+    settings here: fail until it has, rather than leave it out silently."""
+    missing = _missing_fast_settings(
+        REGISTERED_DETECTORS, {"SKLEARN_SETTINGS": SKLEARN_SETTINGS, "IMAGE_SETTINGS": IMAGE_SETTINGS}
+    )
+    assert not missing, (
+        f"registered detectors without fast settings in tests/test_common.py: {missing}; "
+        "add small settings (a few seconds per fit on one core) for each"
+    )
+    assert [type(d) for d in DETECTORS] == REGISTERED_DETECTORS
+    assert {type(d) for d in FAST_IMAGE_DETECTORS} == set(REGISTERED_DETECTORS)
+
+
+def test_missing_fast_settings_names_the_detector():
+    class NewDetector(CAEDetector):
+        pass
+
+    registered = [CAEDetector, NewDetector]
+    assert _missing_fast_settings(registered, {"T": SKLEARN_SETTINGS}) == {"T": ["NewDetector"]}
+    assert _missing_fast_settings(registered, {"T": {**SKLEARN_SETTINGS, NewDetector: {}}}) == {"T": ["NewDetector"]}
+    assert _missing_fast_settings([CAEDetector], {"T": SKLEARN_SETTINGS}) == {}
+
+
+@pytest.mark.parametrize("detector", REGISTERED_DETECTORS, ids=lambda cls: cls.__name__)
+def test_expected_failures_are_the_same_for_every_detector(detector):
+    """Every detector (and its LabelsIgnored twin) expects the same checks to fail,
+    for the same reasons: labels, and float32 batching."""
+    assert EXPECTED_FAILURES[detector.__name__] == EXPECTED_FAILURES["CAEDetector"]
+    assert EXPECTED_FAILURES[f"{detector.__name__}LabelsIgnored"] == dict.fromkeys(
+        _BATCHING_CHECKS, _FLOAT32_BATCHING
+    )

@@ -247,3 +247,51 @@ def test_pickle_buffer_round_trip_for_vae_sampling_state(images):
     loaded = joblib.load(buffer)
     np.testing.assert_array_equal(loaded.score_samples(images), loaded.score_samples(images))
     np.testing.assert_array_equal(loaded.score_samples(images), det.score_samples(images))
+
+
+# ------------------------------------------------- the architecture a GAN was fitted with
+@pytest.fixture(scope="module")
+def fitted_anogan(images):
+    from skanomaly.detectors import AnoGANDetector
+
+    return AnoGANDetector(channels=(4, 8), latent_dim=4, max_epochs=1, batch_size=8, n_search_steps=3,
+                          random_state=0).fit(images)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("nonsense", "network_config_"),
+        (dict(side=16, channels=[4, 8], latent_dim=0), "latent_dim"),
+        (dict(side=16, channels=[4, 8], latent_dim=True), "latent_dim"),
+        (dict(side=16, channels=[4, 100_000], latent_dim=4), "channels"),
+        (dict(side=16, channels=[], latent_dim=4), "channels"),
+        (dict(side=64, channels=[4, 8], latent_dim=4), "side"),
+        (dict(side=16, channels=[4, 8], latent_dim=4, surprise=1), "surprise"),
+        (dict(side=16, channels=[4, 8]), "latent_dim"),
+    ],
+    ids=["type", "latent-zero", "latent-bool", "huge-channels", "no-channels", "side", "extra-key", "missing-key"],
+)
+def test_network_config_from_a_file_is_validated(fitted_anogan, tmp_path, config, message):
+    path = tmp_path / "anogan.safetensors"
+    save_model(fitted_anogan, path)
+    _rewrite(path, lambda h, t: h["fitted"].update(network_config_=config))
+    with pytest.raises(ValueError, match=f"network_config_.*{message}"):
+        load_model(path)
+
+
+def test_network_config_builds_the_loaded_networks(fitted_anogan, images, tmp_path):
+    """A loaded detector builds what was fitted, whatever its parameters say now; a
+    file written before network_config_ existed builds from its parameters."""
+    path = tmp_path / "anogan.safetensors"
+    save_model(fitted_anogan, path)
+    expected = fitted_anogan.score_samples(images[:4])
+    _rewrite(path, lambda h, t: h["params"].update(latent_dim=9, channels={"__tuple__": [8, 8, 8]}))
+    loaded = load_model(path)
+    assert loaded.latent_dim == 9 and loaded.network_config_["latent_dim"] == 4
+    np.testing.assert_array_equal(loaded.score_samples(images[:4]), expected)
+    save_model(fitted_anogan, path)
+    _rewrite(path, lambda h, t: h["fitted"].pop("network_config_"))
+    old = load_model(path)
+    assert old.network_config_ == fitted_anogan.network_config_
+    np.testing.assert_array_equal(old.score_samples(images[:4]), expected)

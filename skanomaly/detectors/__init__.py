@@ -1,7 +1,12 @@
-"""The anomaly detectors, one scikit-learn outlier detector per paper's system."""
+"""The anomaly detectors, one scikit-learn outlier detector per paper's system.
 
-from ._anogan import AnoGANDetector
-from ._autoencoders import CAEDetector, VAEDetector
-from ._fanogan import FAnoGANDetector
+Each paper has one folder (its networks, its loss and score equations, its training
+declaration and its estimator); ``__all__`` here is the list of detectors that model
+files, the top-level namespace and the test tables are built from.
+"""
+
+from .anogan import AnoGANDetector
+from .autoencoders import CAEDetector, VAEDetector
+from .fanogan import FAnoGANDetector
 
 __all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "VAEDetector"]

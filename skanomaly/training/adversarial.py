@@ -48,7 +48,6 @@ see :mod:`skanomaly.training.random`.
 """
 
 import contextlib
-import itertools
 from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import NamedTuple

@@ -1,4 +1,4 @@
-"""Loss functions and per-image anomaly scores that respect the region of interest.
+"""Reductions, losses and per-image scores over the region of interest, shared by detectors.
 
 Every function takes ``roi``, a boolean tensor of the image's shape that is False
 outside the region of interest (NaN pixels of the input): those pixels count in no
@@ -11,9 +11,8 @@ __all__ = [
     "masked_mean",
     "masked_topk_mean",
     "masked_reconstruction_loss",
-    "kl_divergence",
-    "vae_loss",
     "pixel_error",
+    "MaskedReconstructionLoss",
 ]
 
 
@@ -52,22 +51,6 @@ def masked_reconstruction_loss(x, x_hat, roi, kind="mse"):
     return (pixel_error(x, x_hat, kind) * roi).sum() / roi.sum().clamp_min(1.0)
 
 
-def kl_divergence(mu, log_var):
-    """KL divergence of ``N(mu, exp(log_var))`` from ``N(0, I)``, per image: ``(B,)``."""
-    return 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).sum(1)
-
-
-def vae_loss(x, x_hat, mu, log_var, roi, kld_weight=1.0):
-    """Per-image negative ELBO divided by the number of ROI pixels, shape ``(B,)``.
-
-    ``masked mean squared error + kld_weight * KL / n_roi_pixels``: the sum-form ELBO
-    (squared error summed over pixels plus KL) scaled by ``1 / n_pixels`` so that the
-    learning rate does not depend on the image size.
-    """
-    n_roi = _per_image(roi).sum(1).clamp_min(1).to(x.dtype)
-    return masked_mean(pixel_error(x, x_hat), roi) + kld_weight * kl_divergence(mu, log_var) / n_roi
-
-
 class MaskedReconstructionLoss(torch.nn.Module):
     """Criterion module of :func:`masked_reconstruction_loss` (for skorch)."""
 
@@ -77,15 +60,3 @@ class MaskedReconstructionLoss(torch.nn.Module):
 
     def forward(self, x_hat, x, roi):
         return masked_reconstruction_loss(x, x_hat, roi, self.kind)
-
-
-class VAELoss(torch.nn.Module):
-    """Criterion module of :func:`vae_loss`, averaged over the batch (for skorch)."""
-
-    def __init__(self, kld_weight=1.0):
-        super().__init__()
-        self.kld_weight = kld_weight
-
-    def forward(self, output, x, roi):
-        x_hat, mu, log_var = output
-        return vae_loss(x, x_hat, mu, log_var, roi, self.kld_weight).mean()

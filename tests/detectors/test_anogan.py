@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from skanomaly.detectors import AnoGANDetector
 from skanomaly.io import load_model, save_model
 from skanomaly.metrics import anomaly_roc_auc
 from skanomaly.model_selection import NormalOnly, get_scorer
-from skanomaly.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from skanomaly.detectors.anogan.networks import DCGANDiscriminator, DCGANGenerator
 from skanomaly.preprocessing import CLAHE, PatchExtractor
 
 TINY = dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=6, random_state=0)
@@ -101,8 +103,9 @@ def test_scores_and_maps(fitted, images):
 
 def test_discriminator_score_is_the_negative_logit(fitted, images):
     det = clone(fitted).set_params(anomaly_score="discriminator").fit(images)
+    discriminator = copy.deepcopy(det.gan_.discriminator_).eval()  # scoring's mode, on a copy
     with torch.no_grad():
-        logits = det.gan_.discriminator_(torch.from_numpy(images[:5])[:, None] * 2 - 1).numpy()
+        logits = discriminator(torch.from_numpy(images[:5])[:, None] * 2 - 1).numpy()
     np.testing.assert_allclose(det.score_samples(images[:5]), logits, rtol=1e-5)
 
 
@@ -167,3 +170,33 @@ def test_pipeline_grid_search_and_safe_file(tmp_path):
     np.testing.assert_array_equal(load_model(path).score_samples(data.images), best.score_samples(data.images))
     plain = make_pipeline(CLAHE(kernel_size=8), PatchExtractor(16), AnoGANDetector(**TINY))
     assert plain.fit(data.images[data.labels == 0]).score_samples(data.images).shape == (24,)
+
+
+def test_architecture_parameters_take_effect_at_the_next_fit(images, tmp_path):
+    det = AnoGANDetector(**TINY).fit(images)
+    scores, maps = det.score_samples(images[:6]), det.anomaly_map(images[:6])
+    det.set_params(latent_dim=7, channels=(4, 8, 16))
+    np.testing.assert_array_equal(det.score_samples(images[:6]), scores)
+    np.testing.assert_array_equal(det.anomaly_map(images[:6]), maps)
+    save_model(det, tmp_path / "det.skan")
+    loaded = load_model(tmp_path / "det.skan")
+    assert loaded.network_config_ == det.network_config_ == {"side": 16, "channels": (4, 8), "latent_dim": 4}
+    np.testing.assert_array_equal(loaded.score_samples(images[:6]), scores)
+    np.testing.assert_array_equal(loaded.anomaly_map(images[:6]), maps)
+    # Scoring parameters still act on the fitted networks.
+    det.set_params(anomaly_score="residual")
+    assert not np.array_equal(det.score_samples(images[:6]), scores)
+    # The next fit builds what the parameters now say.
+    refit = loaded.set_params(max_epochs=1).fit(images)
+    assert refit.network_config_ == {"side": 16, "channels": (4, 8, 16), "latent_dim": 7}
+    assert refit.gan_.generator_(torch.zeros(1, 7)).shape == (1, 1, 16, 16)
+
+
+def test_module_shapes_leaves_a_fitted_detector_alone(fitted, images):
+    before = dict(vars(fitted))
+    scores = fitted.score_samples(images[:4])
+    shapes = fitted._module_shapes()
+    assert set(shapes) == set(fitted._torch_modules())
+    assert vars(fitted).keys() == before.keys()
+    assert all(vars(fitted)[name] is value for name, value in before.items())
+    np.testing.assert_array_equal(fitted.score_samples(images[:4]), scores)

@@ -14,7 +14,7 @@ from sklearn.preprocessing import FunctionTransformer
 from skanomaly.datasets import make_chest_phantoms
 from skanomaly.detectors import CAEDetector, VAEDetector
 from skanomaly.metrics import anomaly_roc_auc, roc_auc_anomaly_scorer
-from skanomaly.nn.autoencoders import ConvAutoencoder, ConvVAE
+from skanomaly.detectors.autoencoders.networks import ConvAutoencoder, ConvVAE
 
 # Settings that train in seconds on a CPU and still learn the phantoms' anatomy. A
 # cosine schedule to zero matters: at a constant lr the AUC after 12 epochs depends on

@@ -8,10 +8,11 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 from skanomaly.datasets import make_chest_phantoms
 from skanomaly.detectors import FAnoGANDetector
-from skanomaly.detectors import _fanogan
+from skanomaly.detectors.fanogan import detector as _fanogan
 from skanomaly.io import load_model, save_model
-from skanomaly.metrics import anomaly_roc_auc
 from skanomaly.model_selection import NormalOnly, get_scorer
+from skanomaly.detectors.fanogan.encoders import Encoder
+from skanomaly.detectors.fanogan.networks import CriticEncoder
 from skanomaly.preprocessing import CLAHE, PatchExtractor
 from skanomaly.training.stages import GANNet, MaxIter
 
@@ -40,7 +41,8 @@ def fitted(request, images):
 def test_defaults_are_p_anogan():
     det = FAnoGANDetector()
     assert (det.generator, det.encoder, det.loss, det.anomaly_score) == ("progressive", "resnet50", "izizf", "auto")
-    assert (det.lr, det.batch_size, det.max_epochs, det.encoder_optimizer) == (1e-4, 64, 30, "adam")
+    # The encoder stage's "auto" settings are P-AnoGAN's (resolved in the test below).
+    assert (det.lr, det.batch_size, det.max_epochs, det.encoder_optimizer) == ("auto", 64, "auto", "auto")
     assert det.ema_decay == 0.999
     # The mission's headline pipeline is built as written.
     pipe = Pipeline(
@@ -59,19 +61,20 @@ def test_defaults_are_p_anogan():
 def test_gan_settings_of_each_paper(generator, expected):
     det = FAnoGANDetector(generator=generator)
     det.image_shape_, det._seed = (64, 64), 0
-    config = det._gan_config(n_samples=1000)
-    assert (config["lr"], config["batch_size"], config["latent_dim"]) == (expected["lr"], expected["batch"], expected["latent"])
-    assert det._setting("feature_weight") == expected["kappa"]
-    net = _fanogan._make_gan_net(config, "cpu")
+    config, training = det._network_config(), det._gan_training(n_samples=1000)
+    assert (training["lr"], training["batch_size"]) == (expected["lr"], expected["batch"])
+    assert config["latent_dim"] == expected["latent"]
+    assert config["feature_weight"] == expected["kappa"] and config["side"] == 64
+    net = _fanogan._make_gan_net(_fanogan._gan_network(config), "cpu", training)
     assert (net.n_critic, net.drift_weight, net.gp_weight, net.loss) == (expected["n_critic"], expected["drift"], 10.0, "wgan-gp")
     assert net.get_params()["optimizer_g__betas"] == expected["betas"]
     if generator == "progressive":
-        assert config["iterations"] == 536_000 and config["channels"] == (512, 512, 512, 512, 256)
+        assert training["iterations"] == 536_000 and config["channels"] == (512, 512, 512, 512, 256)
         assert net.iterations_per_scale == (48_000, 96_000, 96_000, 96_000, 200_000)
         assert config["ema_decay"] == 0.999
     else:
-        assert config["iterations"] == 7 * (1000 // 64) and config["channels"] == (512, 512, 256, 128, 64)
-        assert net.augment == "hflip"
+        assert training["iterations"] == 7 * (1000 // 64) and config["channels"] == (512, 512, 256, 128, 64)
+        assert net.augment == "hflip" and config["ema_decay"] is None
 
 
 def test_training_records_both_stages_and_uses_the_papers_optimisers(fitted):
@@ -80,8 +83,12 @@ def test_training_records_both_stages_and_uses_the_papers_optimisers(fitted):
     assert all("train_loss_d" in row for row in fitted.histories_["gan"])
     assert fitted.gan_.n_discriminator_steps_ == 12
     optimizer = fitted.encoder_.optimizer_
-    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
-    assert optimizer.param_groups[0]["lr"] == 1e-4
+    if fitted.generator == "progressive":  # P-AnoGAN
+        assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+        assert optimizer.param_groups[0]["lr"] == 1e-4
+    else:  # f-AnoGAN
+        assert isinstance(optimizer, torch.optim.RMSprop) and optimizer.param_groups[0]["alpha"] == 0.9
+        assert optimizer.param_groups[0]["lr"] == 5e-5
     # The encoder stage uses the GAN's own (frozen) objects.
     assert fitted.encoder_.generator_ is fitted._scoring_generator()
     assert fitted.encoder_.discriminator_ is fitted.gan_.discriminator_
@@ -96,7 +103,7 @@ def test_the_encoder_stage_leaves_the_gan_bit_identical(images, tmp_path, genera
     det = FAnoGANDetector(generator=generator, memory=memory, **TINY).fit(images)
     # The cached GAN is the GAN as stage 1 left it.
     cached = memory.cache(_fanogan._train_gan, ignore=["verbose"])(
-        det._gan_config(len(images)), images, "cpu", [], 0
+        _fanogan._gan_network(det.network_config_), det._gan_training(len(images)), images, "cpu", [], 0
     )
     before = {**cached.generator_.state_dict(), **{"d." + k: v for k, v in cached.discriminator_.state_dict().items()}}
     after = {**det.gan_.generator_.state_dict(), **{"d." + k: v for k, v in det.gan_.discriminator_.state_dict().items()}}
@@ -220,3 +227,144 @@ def test_validation_fraction_holds_images_out_of_the_encoder_stage(images):
     det = FAnoGANDetector(**TINY, validation_fraction=0.25).fit(images)
     assert all("valid_loss" in row for row in det.histories_["encoder"])
     assert det.encoder_.train_split is None  # the held-out images are not kept
+
+
+# ---------------------------------------------------------------- encoder output
+def test_critic_encoder_output_is_linear_by_default_and_tanh_on_request():
+    """The f-AnoGAN code's encoder ends linear (Z_REG_TYPE=None): with an N(0, I) prior
+    a tanh would cap every latent below 1 in magnitude."""
+    x = torch.randn(3, 1, 8, 8)
+    latents = {}
+    for output in (None, "linear", "tanh"):
+        kwargs = {} if output is None else {"output": output}
+        encoder = CriticEncoder(latent_dim=2, channels=(4, 4), **kwargs)
+        with torch.no_grad():
+            encoder.output.weight.zero_()
+            encoder.output.bias.copy_(torch.tensor([3.0, -2.5]))
+            latents[output] = encoder(x)
+    expected = torch.tensor([3.0, -2.5]).expand(3, 2)
+    torch.testing.assert_close(latents[None], expected)
+    torch.testing.assert_close(latents["linear"], expected)
+    torch.testing.assert_close(latents["tanh"], torch.tanh(expected))
+    assert latents["tanh"].abs().max() < 1
+    # The detector's "critic" encoder is the linear one.
+    assert Encoder("critic", latent_dim=2, channels=(4, 4)).network.output_activation == "linear"
+    with pytest.raises(ValueError, match="output"):
+        CriticEncoder(latent_dim=2, channels=(4, 4), output="relu")
+
+
+# ------------------------------------------------- one call per paper's encoder stage
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        (
+            {},  # P-AnoGAN
+            dict(optimizer=torch.optim.Adam, lr=1e-4, kwargs={"betas": (0.9, 0.999)}, iterations=None, max_epochs=30,
+                 loss="izizf", score="izizf", kappa=0.1),
+        ),
+        (
+            dict(generator="wgan-gp", encoder="critic", loss="izif"),  # f-AnoGAN
+            # TF1's RMSPropOptimizer defaults (decay 0.9), as the f-AnoGAN code uses it.
+            dict(optimizer=torch.optim.RMSprop, lr=5e-5, kwargs={"alpha": 0.9}, iterations=50_000, max_epochs=50_000,
+                 loss="izif", score="izif", kappa=1.0),
+        ),
+    ],
+    ids=["p-anogan", "f-anogan"],
+)
+def test_one_call_resolves_each_papers_encoder_stage(params, expected):
+    det = FAnoGANDetector(**params)
+    assert (det.encoder_optimizer, det.lr, det.max_epochs, det.encoder_iterations) == ("auto",) * 4
+    det.image_shape_, det._seed = (64, 64), 0
+    config = det._network_config()
+    settings = det._encoder_settings(config)
+    assert settings["optimizer"] is expected["optimizer"]
+    assert settings["lr"] == expected["lr"] and settings["batch_size"] == 64
+    assert settings["optimizer_kwargs"] == expected["kwargs"]
+    # The iteration budget ends training before max_epochs can (f-AnoGAN counts
+    # iterations, one batch each); P-AnoGAN counts epochs.
+    assert settings["iterations"] == expected["iterations"]
+    assert settings["max_epochs"] == expected["max_epochs"]
+    assert (config["loss"], det._resolved_score(), config["feature_weight"]) == (
+        expected["loss"], expected["score"], expected["kappa"]
+    )
+
+
+def test_explicit_encoder_settings_override_auto():
+    det = FAnoGANDetector(generator="wgan-gp", encoder_optimizer="adam", lr=1e-3, max_epochs=4, encoder_iterations=None)
+    det.image_shape_, det._seed = (16, 16), 0
+    settings = det._encoder_settings(det._network_config())
+    assert (settings["optimizer"], settings["lr"], settings["max_epochs"], settings["iterations"]) == (
+        torch.optim.Adam, 1e-3, 4, None
+    )
+    det = FAnoGANDetector(encoder_optimizer="rmsprop", encoder_iterations=7)
+    det.image_shape_, det._seed = (16, 16), 0
+    settings = det._encoder_settings(det._network_config())
+    assert (settings["optimizer"], settings["lr"], settings["max_epochs"], settings["iterations"]) == (
+        torch.optim.RMSprop, 1e-4, 30, 7
+    )
+
+
+@pytest.mark.parametrize("generator", ["progressive", "wgan-gp"])
+def test_encoder_iterations_counts_training_batches(images, generator):
+    # 24 images in batches of 4: 6 batches an epoch; 3 iterations end the first epoch
+    # early. With wgan-gp, max_epochs="auto" leaves the iteration budget in charge.
+    max_epochs = 5 if generator == "progressive" else "auto"
+    det = FAnoGANDetector(
+        **{**TINY, "batch_size": 4, "max_epochs": max_epochs}, generator=generator, encoder_iterations=3
+    ).fit(images)
+    history = det.histories_["encoder"]
+    assert sum(history[:, "train_batch_count"]) == 3 and len(history) == 1
+    assert np.isfinite(history[:, "train_loss"]).all()
+    optimizer = det.encoder_.optimizer_
+    if generator == "wgan-gp":
+        assert isinstance(optimizer, torch.optim.RMSprop) and optimizer.param_groups[0]["lr"] == 5e-5
+    else:
+        assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(generator="wgan-gp", encoder_iterations=None), "encoder_iterations=None.*max_epochs"),
+        (dict(encoder_iterations=0), "encoder_iterations"),
+        (dict(lr="fast"), "lr"),
+        (dict(max_epochs=0), "max_epochs"),
+        (dict(encoder_optimizer="sgd"), "encoder_optimizer"),
+    ],
+)
+def test_bad_encoder_settings_are_refused(images, params, match):
+    with pytest.raises(ValueError, match=match):
+        FAnoGANDetector(**{**TINY, "max_epochs": "auto", **params}).fit(images)
+
+
+# ---------------------------------------------- architecture parameters after fitting
+@pytest.mark.parametrize("generator", ["progressive", "wgan-gp"])
+def test_architecture_parameters_take_effect_at_the_next_fit(images, tmp_path, generator):
+    det = FAnoGANDetector(generator=generator, **TINY).fit(images)
+    scores, maps = det.score_samples(images), det.anomaly_map(images)
+    other = "wgan-gp" if generator == "progressive" else "progressive"
+    # Every architecture parameter changes; the fitted networks do not.
+    det.set_params(generator=other, latent_dim=6, gan_channels=(8, 8, 8, 8), encoder="resnet18", loss="izi",
+                   feature_weight=0.5, ema_decay=None)
+    np.testing.assert_array_equal(det.score_samples(images), scores)
+    np.testing.assert_array_equal(det.anomaly_map(images), maps)
+    assert det._resolved_score() == "izizf"  # "auto" of the fitted loss, not of loss="izi"
+    save_model(det, tmp_path / "det.skan")
+    loaded = load_model(tmp_path / "det.skan")
+    assert loaded.network_config_ == det.network_config_
+    np.testing.assert_array_equal(loaded.score_samples(images), scores)
+    np.testing.assert_array_equal(loaded.anomaly_map(images), maps)
+    # The next fit builds what the parameters now say.
+    refit = loaded.set_params(gan_iterations=4, gan_batch_size=8, max_epochs=1).fit(images)
+    assert refit.network_config_["latent_dim"] == 6 and refit.network_config_["side"] == 32
+    assert refit.score_samples(images).shape == (24,)
+
+
+def test_module_shapes_leaves_a_fitted_detector_alone(fitted, images):
+    before = dict(vars(fitted))
+    scores = fitted.score_samples(images)
+    shapes = fitted._module_shapes()
+    assert set(shapes) == set(fitted._torch_modules())
+    assert vars(fitted).keys() == before.keys()
+    assert all(vars(fitted)[name] is value for name, value in before.items())
+    np.testing.assert_array_equal(fitted.score_samples(images), scores)

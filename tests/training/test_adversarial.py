@@ -11,7 +11,7 @@ from skorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F
 
-from skanomaly.nn.progressive import MinibatchStdDev
+from skanomaly.detectors.fanogan.progressive import MinibatchStdDev
 from skanomaly.training.adversarial import AdversarialNet, Update
 from skanomaly.training.penalties import drift_penalty, gradient_penalty
 from skanomaly.training.random import make_generator, seeded_initialisation

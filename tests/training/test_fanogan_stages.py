@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from skanomaly.nn.encoders import Encoder, make_encoder
-from skanomaly.nn.fanogan import CriticEncoder, ResidualCritic, ResidualGenerator, upsample_nearest2x
-from skanomaly.nn.progressive import MinibatchStdDev, ProgressiveDiscriminator, ProgressiveGenerator
+from skanomaly.detectors.fanogan.encoders import Encoder, make_encoder
+from skanomaly.detectors.fanogan.networks import CriticEncoder, ResidualCritic, ResidualGenerator, upsample_nearest2x
+from skanomaly.detectors.fanogan.progressive import MinibatchStdDev, ProgressiveDiscriminator, ProgressiveGenerator
 from skanomaly.training.adversarial import real_batch_statistics
-from skanomaly.training.encoder import BestValidationAUC, EncoderNet, encoder_loss, encoder_scores
-from skanomaly.training.progressive import (
+from skanomaly.detectors.fanogan.losses import encoder_loss, encoder_scores
+from skanomaly.detectors.fanogan.training import BestValidationAUC, EncoderNet
+from skanomaly.detectors.fanogan.training import (
     PAPER_ITERATIONS,
     ProgressiveGANNet,
     fade_alpha,

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
+from skanomaly.detectors.autoencoders.losses import VAELoss, vae_loss
 from skanomaly.training.losses import (
     MaskedReconstructionLoss,
-    VAELoss,
     masked_mean,
     masked_reconstruction_loss,
     masked_topk_mean,
-    vae_loss,
 )
 
 

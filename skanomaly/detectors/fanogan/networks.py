@@ -16,7 +16,10 @@ from 4 x 4 up (the code's ``(8, 8, 4, 2, 1) x 64`` = ``(512, 512, 256, 128, 64)`
   shift, which is ``GroupNorm(1, C)``: no statistic is shared between images, as the
   per-sample gradient penalty requires.
 * **Encoder** (``CriticEncoder``): the critic's layout with BatchNorm in place of
-  LayerNorm, then Linear -> ``latent_dim`` and tanh.
+  LayerNorm, then Linear -> ``latent_dim`` with a linear output, the code's default
+  (``Z_REG_TYPE = None``): ``z`` is N(0, I), so a tanh would keep every latent below 1
+  in magnitude, beyond which about a third of the prior lies. ``output="tanh"`` is the
+  code's tanh option.
 """
 
 import torch
@@ -145,17 +148,25 @@ class ResidualCritic(_CriticBody):
 
 
 class CriticEncoder(_CriticBody):
-    """f-AnoGAN's encoder: the critic's layout with BatchNorm, Linear, tanh.
+    """f-AnoGAN's encoder: the critic's layout with BatchNorm, then Linear.
 
     Parameters
     ----------
     latent_dim : int, default=128
     channels : tuple of int, default=(512, 512, 256, 128, 64)
+    output : {"linear", "tanh"}, default="linear"
+        The output activation. ``"linear"`` is the f-AnoGAN code's default and fits
+        its N(0, I) prior; ``"tanh"`` (one of the code's options) bounds ``z`` to
+        (-1, 1), which suits a uniform prior only.
     """
 
-    def __init__(self, latent_dim=128, channels=(512, 512, 256, 128, 64)):
+    def __init__(self, latent_dim=128, channels=(512, 512, 256, 128, 64), output="linear"):
+        if output not in ("linear", "tanh"):
+            raise ValueError(f"output={output!r} is not supported: use 'linear' or 'tanh'.")
         super().__init__(channels, nn.BatchNorm2d)
+        self.output_activation = output
         self.output = nn.Linear(16 * self.channels[0], int(latent_dim))
 
     def forward(self, x):
-        return torch.tanh(self.output(self.features(x)))
+        z = self.output(self.features(x))
+        return torch.tanh(z) if self.output_activation == "tanh" else z

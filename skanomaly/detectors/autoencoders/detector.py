@@ -1,70 +1,20 @@
 """Autoencoder detectors of the hand X-ray paper (Davletshina et al., 2020)."""
 
-from collections import namedtuple
 from numbers import Integral, Real
 
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..base import BaseDeepDetector
-from ..nn.autoencoders import ConvAutoencoder, ConvVAE
-from ..training.losses import (
-    MaskedReconstructionLoss,
-    VAELoss,
-    kl_divergence,
-    masked_mean,
-    masked_topk_mean,
-    pixel_error,
-)
-from ..training.nets import ROINet
+from ...base import BaseDeepDetector
+from ...training.losses import MaskedReconstructionLoss
+from ...training.nets import ROINet
+from ...utils.tags import Tolerance, _widths, float32_rtol
+from .losses import VAELoss, kl_divergence, parse_score, reconstruction_anomaly
+from .networks import ConvAutoencoder, ConvVAE
 
 __all__ = ["CAEDetector", "VAEDetector"]
 
-_ScoreSpec = namedtuple("_ScoreSpec", "error reduction k kld")
-
 _AUGMENT = [None, StrOptions({"default", "advanced"})]
-
-
-def _parse_score(score, *, allow_kld):
-    """Turn the ``anomaly_score`` parameter into a ``_ScoreSpec``, or raise a clear error.
-
-    Strings: ``"mse"``, ``"l1"`` (and with ``allow_kld``: ``"kld"``, ``"mse+kld"``,
-    ``"l1+kld"``). Tuples: ``("topk", k)`` (squared error) or ``("topk", k, "l1")``.
-    """
-    names = ["mse", "l1"] + (["kld", "mse+kld", "l1+kld"] if allow_kld else [])
-    if isinstance(score, str) and score in names:
-        error, _, kld = score.partition("+")
-        if error == "kld":
-            return _ScoreSpec("mse", "none", None, True)
-        return _ScoreSpec(error, "mean", None, bool(kld))
-    if (
-        isinstance(score, tuple)
-        and len(score) in (2, 3)
-        and score[0] == "topk"
-        and isinstance(score[1], Integral)
-        and score[1] >= 1
-        and (len(score) == 2 or score[2] in ("mse", "l1"))
-    ):
-        return _ScoreSpec(score[2] if len(score) == 3 else "mse", "topk", int(score[1]), False)
-    options = ", ".join(repr(n) for n in names)
-    raise ValueError(
-        f"anomaly_score={score!r} is not valid: use one of {options}, ('topk', k) or "
-        "('topk', k, 'l1') with an integer k >= 1."
-    )
-
-
-def _reconstruction_anomaly(spec, x, x_hat, roi, kld_term=None):
-    """Per-pixel and per-image anomaly of a reconstruction, as ``spec`` says."""
-    pixel = pixel_error(x, x_hat, spec.error)
-    if spec.reduction == "topk":
-        image = masked_topk_mean(pixel, roi, spec.k)
-    elif spec.reduction == "mean":
-        image = masked_mean(pixel, roi)
-    else:
-        image = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    if spec.kld:
-        image = image + kld_term
-    return pixel, image
 
 
 def _check_channels(channels, *, allow_empty):
@@ -86,7 +36,7 @@ class CAEDetector(BaseDeepDetector):
     ----------
     channels : tuple of int, default=(16, 32, 64, 128, 256, 512)
         Width of the 3x3 stem, then of each stride-2 level (see
-        :class:`skanomaly.nn.autoencoders.ConvAutoencoder`). The default is the paper's
+        :class:`skanomaly.detectors.autoencoders.networks.ConvAutoencoder`). The default is the paper's
         network: 512x512 input, 16x16x512 bottleneck. Images must be at least
         ``2 ** (len(channels) - 1)`` pixels on each side; e.g. ``(8, 16, 32)`` gives a
         small, fast model for 32-64 px images.
@@ -212,7 +162,17 @@ class CAEDetector(BaseDeepDetector):
 
     def _validate_detector_params(self):
         _check_channels(self.channels, allow_empty=False)
-        _parse_score(self.anomaly_score, allow_kld=False)
+        parse_score(self.anomaly_score, allow_kld=False)
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        widths = _widths(self.channels)
+        tags.score_tolerance = Tolerance(
+            float32_rtol(3 * len(widths), 16 * max(widths)),
+            "at most 3 convolutions per level (4 x 4 x width terms at most) and the pixel mean",
+        )
+        tags.training_tolerance = Tolerance(1e-4, "measured <= 5e-7 (2 epochs); BatchNorm and longer fits amplify")
+        return tags
 
     def _min_image_size(self):
         return 2 ** (len(self.channels) - 1)
@@ -235,8 +195,8 @@ class CAEDetector(BaseDeepDetector):
         )
 
     def _anomaly_batch(self, x, roi):
-        spec = _parse_score(self.anomaly_score, allow_kld=False)
-        return _reconstruction_anomaly(spec, x, self.net_.module_(x), roi)
+        spec = parse_score(self.anomaly_score, allow_kld=False)
+        return reconstruction_anomaly(spec, x, self.net_.module_(x), roi)
 
 
 class VAEDetector(BaseDeepDetector):
@@ -250,7 +210,7 @@ class VAEDetector(BaseDeepDetector):
     Parameters
     ----------
     channels : tuple of int, default=(8, 16, 32, 64, 128, 256, 512)
-        Width of each stride-2 level (see :class:`skanomaly.nn.autoencoders.ConvVAE`);
+        Width of each stride-2 level (see :class:`skanomaly.detectors.autoencoders.networks.ConvVAE`);
         ``()`` gives a fully connected VAE. Images must be at least
         ``2 ** len(channels)`` pixels on each side.
     latent_dim : int, default=1024
@@ -339,7 +299,18 @@ device, random_state, verbose, callbacks
 
     def _validate_detector_params(self):
         _check_channels(self.channels, allow_empty=True)
-        _parse_score(self.anomaly_score, allow_kld=True)
+        parse_score(self.anomaly_score, allow_kld=True)
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        widths = _widths(self.channels)
+        latent = self.latent_dim if isinstance(self.latent_dim, Integral) else 1
+        tags.score_tolerance = Tolerance(
+            float32_rtol(2 * len(widths) + 4, max(16 * max(widths), latent)),
+            "2 convolutions per level, 2 linear layers, the output convolution and the pixel mean",
+        )
+        tags.training_tolerance = Tolerance(1e-4, "measured <= 2e-7 (2 epochs); BatchNorm and longer fits amplify")
+        return tags
 
     def _min_image_size(self):
         return 2 ** len(self.channels)
@@ -364,9 +335,9 @@ device, random_state, verbose, callbacks
         )
 
     def _anomaly_batch(self, x, roi):
-        spec = _parse_score(self.anomaly_score, allow_kld=True)
+        spec = parse_score(self.anomaly_score, allow_kld=True)
         x_hat, mu, log_var = self.net_.module_(x)
         kld = kl_divergence(mu, log_var)
         if spec.reduction != "none":
             kld = self.kld_weight * kld / roi.flatten(1).sum(1).clamp_min(1)
-        return _reconstruction_anomaly(spec, x, x_hat, roi, kld)
+        return reconstruction_anomaly(spec, x, x_hat, roi, kld)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .fanogan import upsample_nearest2x
+from .networks import upsample_nearest2x
 
 __all__ = [
     "PixelNorm",

@@ -11,7 +11,7 @@ initialises its convolutions), and the classifier replaced by a linear layer to
 
 from torch import nn
 
-from .fanogan import CriticEncoder
+from .networks import CriticEncoder
 
 __all__ = ["ENCODERS", "Encoder", "make_encoder"]
 
@@ -35,7 +35,7 @@ def make_encoder(name, latent_dim, channels=None):
     latent_dim : int
     channels : tuple of int, optional
         Widths per scale from 4 x 4 up, for ``"critic"`` (the critic's layout; see
-        :class:`~skanomaly.nn.fanogan.CriticEncoder`).
+        :class:`~skanomaly.detectors.fanogan.networks.CriticEncoder`).
     """
     if name == "critic":
         return CriticEncoder(latent_dim=latent_dim, channels=channels)

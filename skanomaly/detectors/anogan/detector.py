@@ -6,21 +6,23 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ..base import BaseDeepDetector
-from ..nn.dcgan import DCGANDiscriminator, DCGANGenerator
-from ..training.latent_search import latent_search
-from ..training.nets import pad_to_side
-from ..training.stages import GANNet
+from ...base import BaseDeepDetector, _config_int, _config_mapping, _config_widths
+from ...training.latent_search import latent_search
+from ...training.stages import GANNet
+from ...utils.tags import Tolerance, _widths, float32_rtol
+from .losses import anogan_score, search_terms
+from .networks import DCGANDiscriminator, DCGANGenerator
 
 __all__ = ["AnoGANDetector"]
 
 _SCORES = ("anogan", "residual", "feature", "discriminator")
+_MAX_LATENT_DIM = 2**20
 
 
 class AnoGANDetector(BaseDeepDetector):
     """AnoGAN: a DCGAN trained on normal images, and a latent search per scored image.
 
-    **Training** (stage ``"gan"``): a DCGAN (:mod:`skanomaly.nn.dcgan`) with the BCE
+    **Training** (stage ``"gan"``): a DCGAN (:mod:`skanomaly.detectors.anogan.networks`) with the BCE
     loss and the non-saturating generator loss, ``z`` uniform on ``[-1, 1]``, pixels
     mapped to ``[-1, 1]`` inside the detector, Adam with betas ``(0.5, 0.999)``, one
     discriminator and one generator step per batch
@@ -40,6 +42,13 @@ class AnoGANDetector(BaseDeepDetector):
     same ``z0``, one draw from U(-1, 1) seeded by ``random_state``, so a score depends
     neither on the batch size, nor on the order of the samples, nor on which samples
     share a batch.
+
+    **Parameters take effect at the next fit**, as in scikit-learn: the networks are
+    built from ``network_config_``, which ``fit`` resolves from ``latent_dim``,
+    ``channels`` and the image size, so changing those on a fitted detector changes
+    nothing until it is refitted. The search and the score (``anomaly_score``,
+    ``feature_weight``, ``n_search_steps``, ``search_lr``, ``search_batch_size``,
+    ``patch_aggregation``) act on the fitted networks at once.
 
     Parameters
     ----------
@@ -86,6 +95,10 @@ device, random_state, verbose, callbacks
     ----------
     gan_ : skanomaly.training.stages.GANNet
         ``gan_.generator_`` and ``gan_.discriminator_``.
+    network_config_ : dict
+        What the fitted networks were built with: ``side`` (of the square images the
+        DCGAN works on), ``channels`` and ``latent_dim``. Scoring, maps and model
+        files use it, never the current parameters.
     offset_, image_shape_, history_, histories_, n_iter_, n_features_in_
         As in :class:`~skanomaly.detectors.CAEDetector`; ``histories_ = {"gan": ...}``.
 
@@ -104,7 +117,7 @@ device, random_state, verbose, callbacks
 
     _parameter_constraints: dict = {
         **BaseDeepDetector._parameter_constraints,
-        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "latent_dim": [Interval(Integral, 1, _MAX_LATENT_DIM, closed="both")],
         "channels": [tuple, list],
         "anomaly_score": [StrOptions(set(_SCORES))],
         "feature_weight": [Interval(Real, 0, 1, closed="both")],
@@ -172,36 +185,60 @@ device, random_state, verbose, callbacks
                 "e.g. the paper's (64, 128, 256, 512) or (8, 16) for a small CPU model."
             )
 
-    def _network_side(self):
-        """Side of the square images the DCGAN works on: the fitted image (or patch)
-        size, rounded up to a multiple of ``2 ** len(channels)``. Other shapes are
-        padded, outside the region of interest, to it."""
-        step = 2 ** len(self.channels)
-        return -(-max(self.image_shape_) // step) * step
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        widths = _widths(self.channels)
+        latent = self.latent_dim if isinstance(self.latent_dim, Integral) else 1
+        if self.anomaly_score == "discriminator":
+            reductions, why = len(widths) + 1, "the discriminator's convolutions and its Linear"
+        else:
+            # The score's own pass, G(z) then D_f, and the search's last gradient step
+            # back through both; earlier steps' roundings are damped as the search
+            # settles (measured: bit-identical at 4 steps).
+            reductions, why = 2 * (2 * len(widths) + 2), "G then D_f, forward and back (the search's last step)"
+        tags.score_tolerance = Tolerance(float32_rtol(reductions, max(25 * max(widths), latent)), why)
+        tags.training_tolerance = Tolerance(1e-3, "a GAN amplifies the inputs' last bits: measured 5e-5, 9e-6 (2 epochs)")
+        return tags
 
-    def _pad(self, x, value):
-        """Pad ``(..., H, W)`` at the bottom and right to the network's square side."""
-        return pad_to_side(x, self._network_side(), value)
+    # ------------------------------------------------------ network configuration
+    def _network_config(self):
+        """What the networks are built from; ``fit`` stores it as ``network_config_``.
+
+        ``side`` is the square the DCGAN works on: the fitted image (or patch) size,
+        rounded up to a multiple of ``2 ** len(channels)``. Other shapes are padded,
+        outside the region of interest, to it.
+        """
+        channels = tuple(int(c) for c in self.channels)
+        return dict(side=_dcgan_side(self.image_shape_, channels), channels=channels, latent_dim=int(self.latent_dim))
+
+    def _check_network_config(self, config, image_shape):
+        config = _config_mapping(config, {"side", "channels", "latent_dim"})
+        channels = _config_widths(config, "channels", 1, 8)
+        side = _dcgan_side(image_shape, channels)
+        if config["side"] != side:
+            raise ValueError(
+                f"side={config['side']!r}; channels={list(channels)} take {image_shape[0]}x"
+                f"{image_shape[1]} samples on {side} px squares"
+            )
+        return dict(side=side, channels=channels, latent_dim=_config_int(config, "latent_dim", 1, _MAX_LATENT_DIM))
 
     # ------------------------------------------------------------- training
-    def _fit_networks(self, samples, owners, y, device):
-        padded = self._pad(torch.from_numpy(samples), float("nan")).numpy()
-        return super()._fit_networks(padded, owners, y, device)
-
     def _make_net(self, device):
-        side = self._network_side()
-        channels = tuple(int(c) for c in self.channels)
+        """The DCGAN's net, for training and for loading weights into alike: its
+        networks from ``network_config_`` alone."""
+        config = self.network_config_
+        side, channels, latent_dim = config["side"], tuple(config["channels"]), config["latent_dim"]
         return GANNet(
             DCGANGenerator,
             DCGANDiscriminator,
-            generator__latent_dim=int(self.latent_dim),
+            generator__latent_dim=latent_dim,
             generator__image_size=side,
             generator__channels=channels,
             discriminator__image_size=side,
             discriminator__channels=channels,
             loss="bce",
             n_critic=1,
-            latent_dim=int(self.latent_dim),
+            latent_dim=latent_dim,
             latent_distribution="uniform",
             x_range=(-1.0, 1.0),
             optimizer_g__betas=(0.5, 0.999),
@@ -232,7 +269,7 @@ device, random_state, verbose, callbacks
         rounding difference would change the start); a common start does neither, and
         each search keeps its own ``z`` and Adam state from there."""
         generator = torch.Generator().manual_seed(self._search_seed())
-        z0 = torch.rand(int(self.latent_dim), generator=generator) * 2 - 1
+        z0 = torch.rand(self.network_config_["latent_dim"], generator=generator) * 2 - 1
         return z0.to(x.device).expand(x.shape[0], -1).clone()
 
     def _scoring_batch_size(self):
@@ -243,30 +280,19 @@ device, random_state, verbose, callbacks
     def _anomaly_batch(self, x, roi):
         net = self.gan_
         generator, discriminator = net.generator_, net.discriminator_
-        height, width = x.shape[-2:]
         roi_f = roi.to(x.dtype)
-        image_x = x
-        x, roi = self._pad(x, 0.0), self._pad(roi, False)
         scaled = net.scale_x(x)
         if self.anomaly_score == "discriminator":
             image = -discriminator(scaled)
-            return image[:, None, None, None].expand_as(image_x) * roi_f, image
+            return image[:, None, None, None].expand_as(x) * roi_f, image
 
         lam = float(self.feature_weight)
         with torch.no_grad():
             target_features = discriminator.features(scaled)
 
-        def parts(x_hat):
-            # Outside the ROI the generated image takes the input's values, so neither
-            # term sees pixels the detector was told to ignore.
-            x_hat = torch.where(roi, x_hat, scaled)
-            residual = (scaled - x_hat).abs().sum(dim=(1, 2, 3))
-            feature = (target_features - discriminator.features(x_hat)).abs().flatten(1).sum(1)
-            return residual, feature, x_hat
-
         def per_sample_loss(x_hat, z):
-            residual, feature, _ = parts(x_hat)
-            return (1 - lam) * residual + lam * feature
+            residual, feature, _ = search_terms(scaled, roi, x_hat, target_features, discriminator.features)
+            return anogan_score("anogan", residual, feature, lam)
 
         z, _ = latent_search(
             generator,
@@ -277,12 +303,17 @@ device, random_state, verbose, callbacks
             clamp=(-1.0, 1.0),
         )
         with torch.no_grad():
-            residual, feature, x_hat = parts(generator(z))
-        image = {
-            "anogan": (1 - lam) * residual + lam * feature,
-            "residual": residual,
-            "feature": feature,
-        }[self.anomaly_score]
+            residual, feature, x_hat = search_terms(
+                scaled, roi, generator(z), target_features, discriminator.features
+            )
+        image = anogan_score(self.anomaly_score, residual, feature, lam)
         # The map in pixel units ([0, 1]), not the networks' [-1, 1].
-        pixel = net.unscale_x(x_hat).sub(x).abs()[..., :height, :width] * roi_f
+        pixel = net.unscale_x(x_hat).sub(x).abs() * roi_f
         return pixel, image
+
+
+def _dcgan_side(image_shape, channels):
+    """The square side a DCGAN of ``len(channels)`` stride-2 levels works on for
+    samples of ``image_shape``: the longer side, rounded up to ``2 ** len(channels)``."""
+    step = 2 ** len(channels)
+    return -(-max(image_shape) // step) * step
