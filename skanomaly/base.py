@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.stats import median_abs_deviation
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch.callbacks import ProgressBar
@@ -277,9 +278,9 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
                 f"{1 / max(images.size, 1):.3g} and {1 - 1 / max(images.size, 1):.3g}, or "
                 "validation_fraction=None."
             )
-        rng = np.random.default_rng(self._seed)
-        held_out = np.isin(owners, rng.permutation(images)[:n_valid])
-        return samples[~held_out], samples[held_out]
+        splitter = GroupShuffleSplit(n_splits=1, test_size=n_valid, random_state=self._seed % 2**32)
+        train, valid = next(splitter.split(samples, groups=owners))
+        return samples[train], samples[valid]
 
     def _initialize_networks(self, device):
         """Build every net, initialised and untrained, as fitted attributes (from
