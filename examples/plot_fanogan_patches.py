@@ -49,7 +49,7 @@ pipe = Pipeline(
         ("clahe", CLAHE(kernel_size=0.25)),
         ("patch", PatchExtractor(16, stride=8)),
         ("det", FAnoGANDetector(encoder="critic", gan_channels=(32, 16, 8), latent_dim=16,
-                                gan_iterations=GAN_ITERATIONS, max_epochs=8, batch_size=64,
+                                gan_iterations=GAN_ITERATIONS, max_epochs=4, batch_size=64,
                                 memory=cache, random_state=0)),
     ]
 )
