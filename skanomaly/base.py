@@ -26,7 +26,7 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
 from .training.nets import pad_to_side
-from .utils.scoring import aggregate_patches, score_in_batches
+from .utils.scoring import aggregate_patches, as_torch_buffer, score_in_batches
 from .utils.tags import DetectorTags
 from .utils.validation import check_image_size, input_ndim, read_layout, validate_images
 
@@ -181,7 +181,7 @@ class BaseDeepDetector(OutlierMixin, BaseEstimator):
         config = self._network_config()
         if config is not None:
             self.network_config_ = config
-        padded = self._pad_to_network(torch.from_numpy(samples), float("nan")).numpy()
+        padded = self._pad_to_network(torch.from_numpy(as_torch_buffer(samples)), float("nan")).numpy()
         histories = self._fit_networks(padded, owners, y, device)
         self.histories_ = dict(histories)
         if len(self.histories_) == 1:

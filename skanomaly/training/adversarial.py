@@ -58,6 +58,7 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import TeeGenerator, to_tensor
 
+from ..utils.scoring import as_torch_buffer
 from .augment import augment_batch
 from .nets import ROINet, StageNetMixin
 from .random import make_generator
@@ -336,6 +337,9 @@ class AdversarialNet(StageNetMixin, ROINet):
         of a seeded shuffle of ``unlabelled``, reshuffled each time it runs out, so
         each real batch gets a batch of the same size (a critic that interpolates
         between the two streams needs that)."""
+        # Any numpy layout (reversed or strided views, Fortran order) is valid input.
+        if isinstance(unlabelled, np.ndarray):
+            unlabelled = as_torch_buffer(unlabelled)
         data = to_tensor(unlabelled, device="cpu")
         if data.ndim < 2 or len(data) < 1:
             raise ValueError(f"unlabelled must hold at least one sample, got shape {tuple(data.shape)}.")

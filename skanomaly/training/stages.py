@@ -27,7 +27,7 @@ Typical settings of the papers (Adam throughout)::
 
 import copy
 from collections.abc import Mapping
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -36,16 +36,12 @@ from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch.nn import functional as F
 
-from .adversarial import AdversarialNet, Update, real_batch_statistics
+from .adversarial import AdversarialNet, Update, _is_int, real_batch_statistics
 from .nets import ROINet, StageNetMixin
 from .penalties import drift_penalty, gradient_penalty
 from .random import make_generator, rand, randn
 
 __all__ = ["StageNetMixin", "FrozenModulesMixin", "StageNet", "GANNet", "MaxIter"]
-
-
-def _is_int(value, minimum):
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
 
 
 def _is_nonnegative(value):

@@ -12,7 +12,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["score_in_batches", "aggregate_patches"]
+__all__ = ["score_in_batches", "aggregate_patches", "as_torch_buffer"]
+
+
+def as_torch_buffer(array):
+    """``array`` in a layout ``torch.from_numpy`` takes: itself where it already is,
+    a C-contiguous copy otherwise (reversed or strided views, Fortran order). numpy
+    calls an axis of length 1 contiguous whatever its stride, while torch refuses
+    any negative stride, so ``np.ascontiguousarray`` alone is not enough."""
+    array = np.ascontiguousarray(array)
+    return array.copy() if any(stride < 0 for stride in array.strides) else array
 
 
 def score_in_batches(samples, anomaly_batch, *, batch_size, device, context=torch.inference_mode,
@@ -52,7 +61,7 @@ def score_in_batches(samples, anomaly_batch, *, batch_size, device, context=torc
     if desc is not None:
         starts = tqdm(starts, desc=desc, unit="batch")
     for start in starts:
-        batch = torch.from_numpy(samples[start : start + batch_size]).to(device)[:, None]
+        batch = torch.from_numpy(as_torch_buffer(samples[start : start + batch_size])).to(device)[:, None]
         roi = ~torch.isnan(batch)
         filled = torch.nan_to_num(batch, nan=0.0)
         with context():

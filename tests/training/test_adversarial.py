@@ -341,3 +341,14 @@ def test_engine_refuses_bad_declarations_clearly():
         Missing(batch_size=4, verbose=0).fit(images(8))
     with pytest.raises(TypeError, match="no fit parameters but `unlabelled`"):
         _three_networks().fit(images(8), weights=np.ones(8))
+
+
+def test_unlabelled_stream_takes_any_numpy_layout():
+    X, U = images(8), images(10, seed=1)
+    expected = _three_networks(max_epochs=2).fit(X, unlabelled=U)
+    for layout in (U[::-1], np.asfortranarray(U), U.repeat(2, axis=0)[::2]):
+        net = _three_networks(max_epochs=2).fit(X, unlabelled=layout)
+        assert np.isfinite(net.history[:, "train_unlabelled"]).all()
+    # The same samples in another memory layout train the same weights.
+    same_order = _three_networks(max_epochs=2).fit(X, unlabelled=np.asfortranarray(U))
+    assert equal(state(expected.autoencoder_), state(same_order.autoencoder_))
