@@ -424,13 +424,52 @@ def test_validation_split_keeps_every_image_on_one_side(images, monkeypatch):
     det.fit(as_patch_bags(bags))
 
     def image_of(patches):
-        return set(np.round(patches[:, 0, 0] * 100).astype(int))
+        return set(np.round(patches.to_array()[:, 0, 0, 0] * 100).astype(int))
 
     assert len(seen["valid"]) == 6 * 4 and len(seen["train"]) == 18 * 4
     assert len(image_of(seen["valid"])) == 6 and len(image_of(seen["train"])) == 18
     assert not image_of(seen["train"]) & image_of(seen["valid"])
     assert "valid_loss" in det.history_[-1]
-    assert det.net_.train_split is None  # the validation copy is not kept
+    assert det.net_.train_split is None  # the validation set is not kept
+    # Both sides are views of one array: a split copies no training data.
+    assert seen["train"].array is seen["valid"].array
+
+
+# ------------------------------------------------------------ host memory
+@pytest.mark.parametrize("detector", ["cae", "fanogan"])
+@pytest.mark.parametrize("layout", ["images", "bags"])
+def test_fit_trains_on_the_callers_array_without_copying_it(detector, layout, monkeypatch):
+    """Present patches, padding to the networks' side and validation splits are
+    gathered batch by batch from the caller's float32 array: no full-size copy."""
+    from skanomaly.detectors import FAnoGANDetector
+
+    X = np.random.default_rng(0).random((24, 30, 30), dtype=np.float32)  # f-AnoGAN pads to 32
+    X[:, :, :3] = np.nan
+    if layout == "bags":
+        X = np.ascontiguousarray(X.reshape(24, 1, 30, 30).repeat(2, axis=1))
+        X[::3, 1] = np.nan  # absent patches
+    if detector == "cae":
+        det = fast_cae(channels=(4,), validation_fraction=0.25)
+    else:
+        det = FAnoGANDetector(encoder="critic", gan_channels=(4, 4, 4, 4), latent_dim=4, gan_iterations=4,
+                              max_epochs=1, batch_size=8, validation_fraction=0.25, random_state=0)
+    seen = []
+    original = type(det)._fit_networks
+
+    def spy(self, samples, owners, y, device):
+        seen.append(samples)
+        return original(self, samples, owners, y, device)
+
+    monkeypatch.setattr(type(det), "_fit_networks", spy)
+    det.fit(X)
+    (samples,) = seen
+    assert np.shares_memory(samples.array, X)
+    n_present = int((~np.isnan(X.reshape(-1, 30, 30)).all(axis=(1, 2))).sum())
+    assert len(samples) == n_present
+    if detector == "fanogan":
+        assert samples.sample_shape == (32, 32)
+        batch = samples.batch([0, 1])
+        assert batch.shape == (2, 1, 32, 32) and torch.isnan(batch[..., 30:, :]).all()
 
 
 # ------------------------------------------------------------ scoring state

@@ -5,6 +5,8 @@ helpers that several transformers share (Otsu thresholding inside the region of
 interest, resampling that keeps NaN out of the interpolation, nearest-ROI filling).
 """
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import cv2
@@ -264,3 +266,24 @@ def _resample(image, warp, *, min_coverage=0.5):
         result = value / coverage
     result[~(coverage >= min_coverage)] = np.nan
     return result.astype(np.float32, copy=False)
+
+
+def _over_image_slices(func, n_images, *, min_bytes, bytes_per_image):
+    """Call ``func(slice)`` on contiguous slices of ``range(n_images)``, in threads.
+
+    For per-image work that NumPy and OpenCV do in one thread each, without the GIL
+    (copies into large outputs, connected components): the slices run on up to
+    ``cv2.getNumThreads()`` threads, so ``cv2.setNumThreads(1)`` (a process per core)
+    keeps it serial. Work under ``min_bytes`` runs serially: a thread costs more than
+    it saves there. The slices are disjoint, so the result does not depend on the
+    thread count.
+    """
+    workers = min(max(cv2.getNumThreads(), 1), n_images)
+    if workers <= 1 or n_images * bytes_per_image < min_bytes:
+        func(slice(0, n_images))
+        return
+    bounds = np.linspace(0, n_images, workers + 1).round().astype(int)
+    parts = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # list(): re-raise the first exception of any slice here.
+        list(pool.map(func, parts))

@@ -111,23 +111,26 @@ class ROINet(NeuralNet):
             module.noise_generator = self.rng_
 
     def get_iterator(self, dataset, training=False):
-        if not training:
-            # A DataLoader draws its workers' base seed from torch's global generator
-            # unless it has one of its own, so validation and prediction would advance
-            # the user's random stream. Without shuffling the seed is unused: any
-            # generator does.
-            iterator = super().get_iterator(dataset, training=False)
-            if isinstance(iterator, DataLoader) and iterator.generator is None:
-                iterator.generator = torch.Generator()
-            return iterator
-        # skorch builds the DataLoader from iterator_train__* parameters; the shuffling
-        # generator is fitted state, so it is handed over here.
-        kwargs = self.get_params_for("iterator_train")
+        # skorch builds the DataLoader from iterator_train__* / iterator_valid__*
+        # parameters; what is fitted state or follows from the dataset is added here.
+        kwargs = self.get_params_for("iterator_train" if training else "iterator_valid")
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
-        kwargs.setdefault("generator", self.shuffle_rng_)
-        return self.iterator_train(dataset, **kwargs)
+        if hasattr(dataset, "collate"):
+            # A SampleSet's batches come gathered and stacked (one gather per batch).
+            kwargs.setdefault("collate_fn", dataset.collate)
+        if training:
+            kwargs.setdefault("generator", self.shuffle_rng_)
+            return self.iterator_train(dataset, **kwargs)
+        # A DataLoader draws its workers' base seed from torch's global generator
+        # unless it has one of its own, so validation and prediction would advance
+        # the user's random stream. Without shuffling the seed is unused: any
+        # generator does.
+        iterator = self.iterator_valid(dataset, **kwargs)
+        if isinstance(iterator, DataLoader) and iterator.generator is None:
+            iterator.generator = torch.Generator()
+        return iterator
 
     @staticmethod
     def split_roi(x):

@@ -25,7 +25,7 @@ def as_torch_buffer(array):
 
 
 def score_in_batches(samples, anomaly_batch, *, batch_size, device, context=torch.inference_mode,
-                     want_maps=False, desc=None):  # fmt: skip
+                     want_maps=False, desc=None, indices=None):  # fmt: skip
     """Score ``(M, H, W)`` samples (NaN outside the ROI) batch by batch.
 
     Parameters
@@ -45,23 +45,27 @@ def score_in_batches(samples, anomaly_batch, *, batch_size, device, context=torc
         Also return the per-pixel maps, NaN outside the ROI.
     desc : str or None, default=None
         Show a progress bar with this label.
+    indices : ndarray of int, shape (K,), or None, default=None
+        Score only these rows of ``samples`` (gathered batch by batch, so a subset
+        of a large array is never copied whole); results then have ``K`` rows.
 
     Returns
     -------
-    anomalies : ndarray of float64, shape (M,)
+    anomalies : ndarray of float64, shape (M,) or (K,)
         The networks compute in float32; the scores are exact float64 widenings of
         float32 values, with float32's precision (``docs/design.rst``, section 3).
-    maps : ndarray of float32, shape (M, H, W), or None
+    maps : ndarray of float32, shape (M or K, H, W), or None
     """
-    n = samples.shape[0]
+    n = samples.shape[0] if indices is None else len(indices)
     anomalies = np.empty(n, dtype=np.float64)
-    maps = np.empty(samples.shape, dtype=np.float32) if want_maps else None
+    maps = np.empty((n, *samples.shape[1:]), dtype=np.float32) if want_maps else None
     batch_size = n if batch_size in (-1, None) else max(1, int(batch_size))
     starts = range(0, n, batch_size)
     if desc is not None:
         starts = tqdm(starts, desc=desc, unit="batch")
     for start in starts:
-        batch = torch.from_numpy(as_torch_buffer(samples[start : start + batch_size])).to(device)[:, None]
+        rows = samples[start : start + batch_size] if indices is None else np.take(samples, indices[start : start + batch_size], axis=0)
+        batch = torch.from_numpy(as_torch_buffer(rows)).to(device)[:, None]
         roi = ~torch.isnan(batch)
         filled = torch.nan_to_num(batch, nan=0.0)
         with context():

@@ -20,6 +20,8 @@ closely two computations of the same scores must agree.
 import math
 from dataclasses import dataclass, field
 
+from .validation import check_widths
+
 __all__ = ["LABEL_SEMANTICS", "DetectorTags", "Tolerance", "float32_rtol", "get_detector_tags"]
 
 #: ``"normal-only"``: ``y`` may only say 0 (normal); ``"semi-supervised"``: 0 (normal)
@@ -73,10 +75,9 @@ def _widths(channels):
     """The integer widths of a ``channels`` parameter, ``(1,)`` for a value ``fit``
     will refuse: tags are read from any parameters, and must not raise."""
     try:
-        widths = tuple(int(c) for c in channels)
-    except (TypeError, ValueError):
+        return check_widths(channels, "channels", high=None)
+    except ValueError:
         return (1,)
-    return widths or (1,)
 
 
 @dataclass(frozen=True)

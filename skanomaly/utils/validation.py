@@ -28,6 +28,7 @@ __all__ = [
     "input_ndim",
     "reshape_flat_images",
     "check_image_size",
+    "check_widths",
     "roi_mask",
 ]
 
@@ -437,6 +438,89 @@ def check_image_size(image_shape, min_size, *, hint):
             f"Images of {image_shape[0]}x{image_shape[1]} pixels are smaller than this "
             f"network's minimum input of {min_size[0]}x{min_size[1]}. {hint}"
         )
+
+
+def check_widths(
+    value, name, *, min_len=1, max_len=None, low=1, high=4096, context="", hint=""
+):
+    """Layer widths (a ``channels``-like parameter) as a tuple of ints.
+
+    The one check of the package's width parameters: the detectors' parameters, the
+    ``network_config_`` of a model file and the networks' own guards.
+
+    Parameters
+    ----------
+    value : sequence of int
+        The widths (a list or tuple; any iterable but a string or a mapping).
+    name : str
+        The parameter's name, for the message.
+    min_len : int, default=1
+        The fewest widths.
+    max_len : int or None, default=None
+        The most widths; ``None``: no limit.
+    low : int, default=1
+        The smallest width.
+    high : int or None, default=4096
+        The largest width; ``None``: no limit.
+    context : str, default=""
+        What the value was checked for, after "is not valid" in the message, e.g.
+        ``" for generator='wgan-gp'"``.
+    hint : str, default=""
+        The end of the message, after the bounds: what the widths mean, an example.
+
+    Returns
+    -------
+    widths : tuple of int
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter, its value, the bounds and the ``hint``.
+
+    Examples
+    --------
+    >>> from skanomaly.utils.validation import check_widths
+    >>> check_widths([8, 16], "channels", max_len=8)
+    (8, 16)
+    >>> check_widths((8, 0), "channels", max_len=8)
+    Traceback (most recent call last):
+    ...
+    ValueError: channels=(8, 0) is not valid: use 1 to 8 integer widths in [1, 4096].
+    """
+    widths = None
+    if not isinstance(value, (str, bytes, dict)):
+        try:
+            widths = tuple(value)
+        except TypeError:
+            pass
+    ok = (
+        widths is not None
+        and min_len <= len(widths)
+        and (max_len is None or len(widths) <= max_len)
+    )
+    if not ok or not all(
+        isinstance(w, Integral)
+        and not isinstance(w, bool)
+        and low <= w
+        and (high is None or w <= high)
+        for w in widths
+    ):
+        if max_len is None:
+            count = "any number of" if min_len == 0 else f"{min_len} or more"
+        else:
+            count = str(min_len) if min_len == max_len else f"{min_len} to {max_len}"
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(
+            f"{name}={_short_repr(value)} is not valid{context}: "
+            f"use {count} integer widths {bounds}{hint}."
+        )
+    return tuple(int(w) for w in widths)
+
+
+def _short_repr(value, limit=80):
+    """``repr(value)``, cut to ``limit`` characters (a forged file's value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def roi_mask(images):

@@ -14,6 +14,7 @@ from skanomaly.model_selection import NormalOnly, get_scorer
 from skanomaly.detectors.fanogan.encoders import Encoder
 from skanomaly.detectors.fanogan.networks import CriticEncoder
 from skanomaly.preprocessing import CLAHE, PatchExtractor
+from skanomaly.training.data import SampleSet
 from skanomaly.training.stages import GANNet, MaxIter
 
 TINY = dict(
@@ -103,7 +104,8 @@ def test_the_encoder_stage_leaves_the_gan_bit_identical(images, tmp_path, genera
     det = FAnoGANDetector(generator=generator, memory=memory, **TINY).fit(images)
     # The cached GAN is the GAN as stage 1 left it.
     cached = memory.cache(_fanogan._train_gan, ignore=["verbose"])(
-        _fanogan._gan_network(det.network_config_), det._gan_training(len(images)), images, "cpu", [], 0
+        _fanogan._gan_network(det.network_config_), det._gan_training(len(images)),
+        SampleSet(images, side=det.network_config_["side"]), "cpu", [], 0,
     )
     before = {**cached.generator_.state_dict(), **{"d." + k: v for k, v in cached.discriminator_.state_dict().items()}}
     after = {**det.gan_.generator_.state_dict(), **{"d." + k: v for k, v in det.gan_.discriminator_.state_dict().items()}}

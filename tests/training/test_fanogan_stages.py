@@ -1,6 +1,8 @@
 """Networks and training stages of f-AnoGAN / P-AnoGAN: progressive growth, encoder
 losses and scores against their formulas, the frozen GAN, epoch selection."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch.nn import functional as F
 from skanomaly.detectors.fanogan.encoders import Encoder, make_encoder
 from skanomaly.detectors.fanogan.networks import CriticEncoder, ResidualCritic, ResidualGenerator, upsample_nearest2x
 from skanomaly.detectors.fanogan.progressive import MinibatchStdDev, ProgressiveDiscriminator, ProgressiveGenerator
-from skanomaly.training.adversarial import real_batch_statistics
+from skanomaly.training.adversarial import Update, real_batch_statistics
 from skanomaly.detectors.fanogan.losses import encoder_loss, encoder_scores
 from skanomaly.detectors.fanogan.training import BestValidationAUC, EncoderNet
 from skanomaly.detectors.fanogan.training import (
@@ -175,6 +177,48 @@ def test_progressive_gan_grows_through_every_scale_and_averages_the_generator():
     differs = [not torch.equal(a, b) for a, b in zip(ema.parameters(), generator.parameters())]
     assert any(differs)
     assert net.sample(3).shape == (3, 1, 16, 16)
+
+
+def test_the_generator_average_is_the_textbook_exponential_average_restarted_per_scale():
+    """``generator_ema_`` (torch's AveragedModel) equals an average written out by
+    hand: a copy of the generator when a scale starts, then ``lerp(avg, G, 1 - decay)``
+    after every generator step."""
+    X = np.random.default_rng(0).random((16, 1, 16, 16), dtype=np.float32)
+    net = _progressive_net(ema_decay=0.7)
+    steps = []  # (scale, generator parameters) after each generator update
+    original = net.after_update
+
+    def record(update):
+        original(update)
+        if update.group == "g":
+            steps.append((int(net.generator_.scale), [p.detach().clone() for p in net.generator_.parameters()]))
+
+    net.after_update = record
+    net.initialize()
+    expected = [p.detach().clone() for p in net.generator_.parameters()]
+    previous, scale = expected, 0
+    net.fit(X)
+    assert len({s for s, _ in steps}) == 3
+    for step_scale, params in steps:
+        if step_scale != scale:
+            expected, scale = [p.clone() for p in previous], step_scale
+        expected = [torch.lerp(a, g, 1 - 0.7) for a, g in zip(expected, params)]
+        previous = params
+    for average, want in zip(net.generator_ema_.parameters(), expected):
+        torch.testing.assert_close(average, want, rtol=0, atol=0)
+
+
+def test_a_pickled_progressive_net_carries_no_averager_and_resumes_its_average():
+    X = np.random.default_rng(0).random((16, 1, 16, 16), dtype=np.float32)
+    net = _progressive_net(ema_decay=0.7).fit(X)
+    assert net._generator_averager.module is net.generator_ema_
+    restored = pickle.loads(pickle.dumps(net))
+    assert not hasattr(restored, "_generator_averager")
+    before = [p.detach().clone() for p in restored.generator_ema_.parameters()]
+    restored.after_update(Update("g", {"g_fake": 1.0}))
+    # The average continues (it is not restarted from the generator).
+    for average, old, generator in zip(restored.generator_ema_.parameters(), before, restored.generator_.parameters()):
+        torch.testing.assert_close(average, torch.lerp(old, generator.detach(), 1 - 0.7), rtol=0, atol=0)
 
 
 def test_progressive_gan_restarts_its_optimisers_at_each_scale():

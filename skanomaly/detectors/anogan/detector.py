@@ -6,10 +6,13 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ...base import BaseDeepDetector, _config_int, _config_mapping, _config_widths
+from ..._model_state import _config_int, _config_mapping
+from ...base import BaseDeepDetector
 from ...training.latent_search import latent_search
 from ...training.stages import GANNet
+from ...utils._docstring import fill_doc
 from ...utils.tags import Tolerance, _widths, float32_rtol
+from ...utils.validation import check_widths
 from .losses import anogan_score, search_terms
 from .networks import DCGANDiscriminator, DCGANGenerator
 
@@ -17,8 +20,12 @@ __all__ = ["AnoGANDetector"]
 
 _SCORES = ("anogan", "residual", "feature", "discriminator")
 _MAX_LATENT_DIM = 2**20
+_CHANNELS_HINT = (
+    ", e.g. the paper's (64, 128, 256, 512) or (8, 16) for a small CPU model"
+)
 
 
+@fill_doc
 class AnoGANDetector(BaseDeepDetector):
     """AnoGAN: a DCGAN trained on normal images, and a latent search per scored image.
 
@@ -85,11 +92,17 @@ class AnoGANDetector(BaseDeepDetector):
     batch_size : int, default=64
     max_epochs : int, default=25
         Epochs of GAN training (DCGAN's default; the paper does not state one).
-    contamination, patch_aggregation, image_shape, value_range, validation_fraction, \
-device, random_state, verbose, callbacks
-        As in :class:`~skanomaly.detectors.CAEDetector`. ``random_state`` also seeds
-        the search's ``z0`` (an int seeds it, ``None`` or a ``RandomState`` use 0, so
-        scoring is always deterministic).
+    {contamination}
+    {patch_aggregation}
+    {image_shape}
+    {value_range}
+    {validation_fraction}
+    {device}
+    {random_state}
+        It also seeds the search's ``z0`` (an int seeds it, ``None`` or a
+        ``RandomState`` use 0, so scoring is always deterministic).
+    {verbose}
+    {callbacks}
 
     Attributes
     ----------
@@ -174,16 +187,7 @@ device, random_state, verbose, callbacks
 
     # ------------------------------------------------------------ parameters
     def _validate_detector_params(self):
-        channels = self.channels
-        if (
-            not len(channels)
-            or len(channels) > 8
-            or not all(isinstance(c, Integral) and not isinstance(c, bool) and 1 <= c <= 4096 for c in channels)
-        ):
-            raise ValueError(
-                f"channels={channels!r} is not valid: use 1 to 8 integer widths in [1, 4096], "
-                "e.g. the paper's (64, 128, 256, 512) or (8, 16) for a small CPU model."
-            )
+        check_widths(self.channels, "channels", max_len=8, hint=_CHANNELS_HINT)
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
@@ -213,7 +217,9 @@ device, random_state, verbose, callbacks
 
     def _check_network_config(self, config, image_shape):
         config = _config_mapping(config, {"side", "channels", "latent_dim"})
-        channels = _config_widths(config, "channels", 1, 8)
+        channels = check_widths(
+            config["channels"], "channels", max_len=8, hint=_CHANNELS_HINT
+        )
         side = _dcgan_side(image_shape, channels)
         if config["side"] != side:
             raise ValueError(

@@ -8,7 +8,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ...base import BaseDeepDetector
 from ...training.losses import MaskedReconstructionLoss
 from ...training.nets import ROINet
+from ...utils._docstring import fill_doc
 from ...utils.tags import Tolerance, _widths, float32_rtol
+from ...utils.validation import check_widths
 from .losses import VAELoss, kl_divergence, parse_score, reconstruction_anomaly
 from .networks import ConvAutoencoder, ConvVAE
 
@@ -17,14 +19,7 @@ __all__ = ["CAEDetector", "VAEDetector"]
 _AUGMENT = [None, StrOptions({"default", "advanced"})]
 
 
-def _check_channels(channels, *, allow_empty):
-    if (not allow_empty and len(channels) == 0) or not all(
-        isinstance(c, Integral) and c >= 1 for c in channels
-    ):
-        need = "" if allow_empty else "a non-empty "
-        raise ValueError(f"channels must be {need}sequence of positive ints, got {channels!r}.")
-
-
+@fill_doc
 class CAEDetector(BaseDeepDetector):
     """Convolutional autoencoder anomaly detector (hand X-ray paper, CAE).
 
@@ -54,40 +49,15 @@ class CAEDetector(BaseDeepDetector):
     batch_size : int, default=32
         Training and scoring batch size.
     max_epochs : int, default=1000
-    contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` from the training scores: a float flags that fraction of the
-        training images; ``"auto"`` flags scores more than three robust standard
-        deviations below the median training score.
-    patch_aggregation : {"max", "mean"} or ("topk", k), default="max"
-        How patch scores of patch bags become an image score; ``("topk", k)`` averages
-        the ``k`` highest patch anomalies (all present patches, with a warning, when
-        an image has fewer than ``k``).
-    image_shape : tuple of int, default=None
-        ``(H, W)`` of flattened input; ``None`` means square. One entry may be -1.
-    value_range : "auto", (low, high) or None, default="auto"
-        The pixel values expected. ``"auto"``: ``uint8`` / ``uint16`` are scaled by
-        their dtype's maximum and float input must lie in [0, 1]; ``(low, high)``:
-        input of any dtype must lie in that range and is mapped linearly to [0, 1]
-        (e.g. ``(0, 4095)`` for 12-bit data in ``uint16``, ``(0, 255)`` for 8-bit
-        data held as floats); ``None``: values are used as they are, unchecked (for
-        data you standardised yourself). Values outside the range raise a
-        ``ValueError`` in ``fit`` and in scoring: a network trained on [0, 1] scores
-        0-255 input as garbage.
-    validation_fraction : float in (0, 1), default=None
-        Hold out this fraction of the training images for skorch's ``valid_loss``
-        (useful with ``EarlyStopping``); ``None`` trains on all of them. The split is
-        by image: all patches of an image fall on the same side.
-    device : str, default="auto"
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-    random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling and augmentation through explicit
-        generators; the same value on the CPU gives the same model, also when several
-        detectors are fitted at once in threads. Global RNG state is left untouched.
-    verbose : int, default=0
-        Print skorch's epoch log and progress bars.
-    callbacks : list of skorch callbacks, default=None
-        Added to the training net, e.g. ``EarlyStopping(monitor="train_loss")``,
-        ``Checkpoint``, ``LRScheduler``. They are copied, never mutated.
+    {contamination}
+    {patch_aggregation}
+    {image_shape}
+    {value_range}
+    {validation_fraction}
+    {device}
+    {random_state}
+    {verbose}
+    {callbacks}
 
     Attributes
     ----------
@@ -161,7 +131,12 @@ class CAEDetector(BaseDeepDetector):
         self.callbacks = callbacks
 
     def _validate_detector_params(self):
-        _check_channels(self.channels, allow_empty=False)
+        check_widths(
+            self.channels,
+            "channels",
+            high=None,
+            hint=", the stem's, then one per stride-2 level, e.g. (8, 16, 32) for a small CPU model",
+        )
         parse_score(self.anomaly_score, allow_kld=False)
 
     def __skanomaly_tags__(self):
@@ -199,6 +174,7 @@ class CAEDetector(BaseDeepDetector):
         return reconstruction_anomaly(spec, x, self.net_.module_(x), roi)
 
 
+@fill_doc
 class VAEDetector(BaseDeepDetector):
     """Convolutional variational autoencoder anomaly detector (hand X-ray paper, VAE).
 
@@ -228,9 +204,15 @@ class VAEDetector(BaseDeepDetector):
     lr : float, default=1e-4
     batch_size : int, default=32
     max_epochs : int, default=500
-    contamination, patch_aggregation, image_shape, value_range, validation_fraction, \
-device, random_state, verbose, callbacks
-        As in :class:`CAEDetector`.
+    {contamination}
+    {patch_aggregation}
+    {image_shape}
+    {value_range}
+    {validation_fraction}
+    {device}
+    {random_state}
+    {verbose}
+    {callbacks}
 
     Attributes
     ----------
@@ -298,7 +280,13 @@ device, random_state, verbose, callbacks
         self.callbacks = callbacks
 
     def _validate_detector_params(self):
-        _check_channels(self.channels, allow_empty=True)
+        check_widths(
+            self.channels,
+            "channels",
+            min_len=0,
+            high=None,
+            hint=", one per stride-2 level (none: a fully connected VAE), e.g. (8, 16) for a small CPU model",
+        )
         parse_score(self.anomaly_score, allow_kld=True)
 
     def __skanomaly_tags__(self):

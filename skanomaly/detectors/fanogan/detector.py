@@ -9,16 +9,12 @@ import torch
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_memory
 
-from ...base import (
-    BaseDeepDetector,
-    _clone_callback,
-    _config_float,
-    _config_int,
-    _config_mapping,
-    _config_widths,
-)
+from ..._model_state import _config_float, _config_int, _config_mapping
+from ...base import BaseDeepDetector, _clone_callback
 from ...training.stages import GANNet, MaxIter
+from ...utils._docstring import fill_doc
 from ...utils.tags import Tolerance, _widths, float32_rtol
+from ...utils.validation import check_widths
 from .encoders import ENCODERS, Encoder
 from .losses import ENCODER_LOSSES
 from .networks import ResidualCritic, ResidualGenerator, residual_image_size
@@ -65,6 +61,19 @@ _NETWORK_KEYS = frozenset({*_GAN_NETWORK_KEYS, "side", "encoder", "loss", "featu
 _MAX_LATENT_DIM = 2**20
 
 
+def _check_gan_channels(channels, generator, name):
+    """The widths per scale of ``generator``'s networks as a tuple, or a ValueError."""
+    return check_widths(
+        channels,
+        name,
+        min_len=1 if generator == "progressive" else 2,
+        max_len=9,
+        context=f" for generator={generator!r}",
+        hint=f", one per scale from 4 x 4 up, e.g. {_PAPER_CHANNELS[generator][:5]} (64 px) "
+        "or (32, 16, 8) for a small 16 px CPU model",
+    )
+
+
 def _gan_network(config):
     """The GAN stage's part of a ``network_config_``."""
     return {key: config[key] for key in _GAN_NETWORK_KEYS}
@@ -73,7 +82,7 @@ def _gan_network(config):
 def _train_gan(network, training, samples, device, callbacks, verbose):
     """Train the GAN stage; a module-level function so ``memory`` can cache it."""
     net = _make_gan_net(network, device, training, callbacks, verbose)
-    net.fit(samples[:, None], None)
+    net.fit(samples, None)
     if network["generator"] == "progressive" and not net.schedule_complete_:
         raise RuntimeError(
             f"The progressive GAN stopped after {net.n_discriminator_steps_} of its "
@@ -149,6 +158,7 @@ def _make_gan_net(network, device, training=None, callbacks=(), verbose=0):
     )
 
 
+@fill_doc
 class FAnoGANDetector(BaseDeepDetector):
     """f-AnoGAN / P-AnoGAN: a GAN, then an encoder into its latent space.
 
@@ -270,11 +280,16 @@ class FAnoGANDetector(BaseDeepDetector):
         only in encoder, loss or score trains the GAN once per fold.
     gan_callbacks : list of skorch callbacks or None, default=None
         Callbacks of the GAN stage (``callbacks`` go to the encoder stage).
-    contamination, patch_aggregation, image_shape, value_range, device, random_state, \
-verbose, callbacks
-        As in :class:`~skanomaly.detectors.CAEDetector`.
+    {contamination}
+    {patch_aggregation}
+    {image_shape}
+    {value_range}
     validation_fraction : float or None, default=None
         Images held out of the *encoder* stage for its ``valid_loss``.
+    {device}
+    {random_state}
+    {verbose}
+    {callbacks}
 
     Attributes
     ----------
@@ -403,20 +418,8 @@ verbose, callbacks
                 "counts iterations): give max_epochs an int, or encoder_iterations an int "
                 "or 'auto' (50,000)."
             )
-        channels = self.gan_channels
-        if channels == "auto":
-            return
-        minimum = 1 if self.generator == "progressive" else 2
-        valid = minimum <= len(channels) <= 9 and all(
-            isinstance(c, Integral) and not isinstance(c, bool) and 1 <= c <= 4096 for c in channels
-        )
-        if not valid:
-            raise ValueError(
-                f"gan_channels={channels!r} is not valid for generator={self.generator!r}: use "
-                f"{minimum} to 9 integer widths in [1, 4096], one per scale from 4 x 4 up, e.g. "
-                f"{_PAPER_CHANNELS[self.generator][:5]} (64 px) or (32, 16, 8) for a small "
-                "16 px CPU model."
-            )
+        if self.gan_channels != "auto":
+            _check_gan_channels(self.gan_channels, self.generator, "gan_channels")
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
@@ -519,7 +522,7 @@ verbose, callbacks
         generator = config["generator"]
         if generator not in _GENERATORS:
             raise ValueError(f"generator={generator!r} (one of {_GENERATORS})")
-        channels = _config_widths(config, "channels", 1 if generator == "progressive" else 2, 9)
+        channels = _check_gan_channels(config["channels"], generator, "channels")
         side = residual_image_size(channels)
         if config["side"] != side or side < max(image_shape):
             raise ValueError(

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...utils.validation import check_widths
+
 __all__ = ["ResidualGenerator", "ResidualCritic", "CriticEncoder", "residual_image_size", "upsample_nearest2x"]
 
 
@@ -46,13 +48,13 @@ def residual_image_size(channels):
 
 
 def _check_channels(channels):
-    channels = tuple(int(c) for c in channels)
-    if len(channels) < 2 or min(channels) < 1:
-        raise ValueError(
-            f"channels={channels!r}: give one width >= 1 per scale from 4 x 4 up, at least "
-            "two scales (8 x 8 images)."
-        )
-    return channels
+    return check_widths(
+        channels,
+        "channels",
+        min_len=2,
+        high=None,
+        hint=", one per scale from 4 x 4 up (two scales: 8 x 8 images)",
+    )
 
 
 class _UpBlock(nn.Module):

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...utils.validation import check_widths
 from .networks import upsample_nearest2x
 
 __all__ = [
@@ -152,10 +153,9 @@ class MinibatchStdDev(nn.Module):
 
 
 def _check_channels(channels):
-    channels = tuple(int(c) for c in channels)
-    if not channels or min(channels) < 1:
-        raise ValueError(f"channels={channels!r}: give one width >= 1 per scale, from 4 x 4 up.")
-    return channels
+    return check_widths(
+        channels, "channels", high=None, hint=", one per scale from 4 x 4 up"
+    )
 
 
 class _Progressive(nn.Module):

@@ -25,6 +25,7 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ...training.augment import augment_batch
 from ...training.nets import pad_to_side
@@ -161,7 +162,10 @@ class ProgressiveGANNet(GANNet):
                 f"networks have {self.generator_.n_scales} scales."
             )
         if self.ema_decay is not None:
+            # A copy of the generator is where the average starts; torch's
+            # AveragedModel is wrapped around it at the first update (_averager).
             self.generator_ema_ = copy.deepcopy(self.generator_).requires_grad_(False).eval()
+            self.__dict__.pop("_generator_averager", None)
         self._set_growth(0, 0.0)
         return self
 
@@ -193,9 +197,8 @@ class ProgressiveGANNet(GANNet):
             self._set_growth(scale, alpha)
             # A new scale starts with fresh optimisers and a fresh average generator.
             self.initialize_optimizer()
-            ema = getattr(self, "generator_ema_", None)
-            if ema is not None:
-                ema.load_state_dict(self.generator_.state_dict())
+            if getattr(self, "generator_ema_", None) is not None:
+                self._restart_average()
         else:
             self._set_growth(scale, alpha)
 
@@ -222,12 +225,38 @@ class ProgressiveGANNet(GANNet):
         inputs["x"], inputs["roi"] = real, None
         return inputs
 
+    # ------------------------------------------------------ generator average
+    def _averager(self):
+        """torch's ``AveragedModel`` (exponential average) over ``generator_ema_``.
+
+        It averages ``generator_ema_`` in place, so the fitted attribute (and the
+        tensor names in saved files) stay a plain generator; the wrapper itself holds
+        a closure, is not picklable, and is rebuilt when missing, continuing the
+        average it finds (a fit resumed with ``partial_fit``)."""
+        averager = getattr(self, "_generator_averager", None)
+        if averager is None or averager.module is not self.generator_ema_:
+            averager = AveragedModel(self.generator_ema_, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))
+            # AveragedModel averages a deep copy of what it is given: hand it the
+            # fitted module itself.
+            averager.module = self.generator_ema_
+            averager.n_averaged.fill_(1)
+            self._generator_averager = averager
+        return averager
+
+    def _restart_average(self):
+        """Start the average afresh from the generator (its first update copies)."""
+        averager = self._averager()
+        averager.n_averaged.zero_()
+        averager.update_parameters(self.generator_)
+
     def after_update(self, update):
-        ema = getattr(self, "generator_ema_", None)
-        if update.group == "g" and ema is not None:
-            with torch.no_grad():
-                for average, current in zip(ema.parameters(), self.generator_.parameters()):
-                    average.lerp_(current, 1.0 - self.ema_decay)
+        if update.group == "g" and getattr(self, "generator_ema_", None) is not None:
+            self._averager().update_parameters(self.generator_)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_generator_averager", None)
+        return state
 
 
 class EncoderNet(StageNet):
