@@ -19,6 +19,7 @@ Writes benchmarks/results/jsrt_fanogan.json.
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +98,8 @@ def main(argv=None):
         ),
         "counts": counts,
         "protocol_seconds": load_seconds,
+        # ru_maxrss is in KiB on Linux: the peak resident memory of the whole run.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "baseline_intensity_mahalanobis": baseline,
         "fanogan": results,
         "paper": {"resnet50/izizf_test_roc_auc": 0.879, "sensitivity": 0.887, "specificity": 0.737,

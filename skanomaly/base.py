@@ -21,14 +21,13 @@ from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
-from skorch.callbacks import ProgressBar
-from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
 from ._model_state import ModelStateMixin
 from .training.data import SampleSet
 from .training.nets import pad_to_side
-from .utils.scoring import aggregate_patches, as_torch_buffer, score_in_batches
+from .training.progress import StageProgress
+from .utils.scoring import aggregate_patches, score_in_batches
 from .utils.tags import DetectorTags
 from .utils.validation import check_image_size, input_ndim, read_layout, validate_images
 
@@ -315,11 +314,13 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
             return float(np.median(train_scores) - 3.0 * spread)
         return float(np.percentile(train_scores, 100.0 * self.contamination))
 
-    def _skorch_kwargs(self, device):
-        """The flat parameters every detector passes to its skorch net."""
+    def _skorch_kwargs(self, device, stage=None):
+        """The flat parameters every detector passes to its skorch net (``stage``
+        names the training stage in progress output, where there are several)."""
         callbacks = [(f"user_{i}", _clone_callback(cb)) for i, cb in enumerate(self.callbacks or [])]
         if self.verbose:
-            callbacks.append(("progress_bar", ProgressBar()))
+            name = type(self).__name__ + (f" {stage} stage" if stage else "")
+            callbacks.append(("progress", StageProgress(name, hint=self._small_settings_hint())))
         return dict(
             lr=self.lr,
             batch_size=self.batch_size,
@@ -330,6 +331,14 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
             iterator_train__shuffle=True,
             verbose=int(self.verbose),
             random_seed=getattr(self, "_seed", 0),
+        )
+
+    def _small_settings_hint(self):
+        """What to do instead when a stage would take hours on this CPU (shown once by
+        :class:`~skanomaly.training.progress.StageProgress`)."""
+        return (
+            f"Use fewer epochs (max_epochs), narrower networks or smaller images for a CPU "
+            f"(the docstring of {type(self).__name__} shows small settings), or a GPU (device='cuda')."
         )
 
     # ---------------------------------------------------------------- validation

@@ -25,6 +25,14 @@ from pathlib import Path
 # Class folders and CSV labels: a class named NORMAL (any case) is label 0, every other
 # class (ABNORMAL, PNEUMONIA, NODULE, ...) is label 1.
 NORMAL_CLASS = "NORMAL"
+# Subfolder names that say "these are classes" when no normal class folder is among
+# them: such a folder is refused rather than pooled into one training set.
+_CLASS_LIKE_NAMES = {
+    "ABNORMAL", "ANOMALY", "ANOMALOUS", "BACTERIA", "CONTROL", "COVID", "COVID19", "COVID-19",
+    "DISEASE", "DISEASED", "GOOD", "HEALTHY", "LESION", "NEGATIVE", "NODULE", "NODULES",
+    "NON-NODULE", "NORMAL", "OPACITY", "PATHOLOGY", "PNEUMONIA", "POSITIVE", "SICK",
+    "TB", "TUBERCULOSIS", "TUMOR", "TUMOUR", "VIRUS",
+}
 _PATH_COLUMNS = ("path", "file", "filename", "image")
 _LABEL_COLUMN = "label"
 # Steps that take something other than (n, H, W) images cannot be named on the command
@@ -156,6 +164,11 @@ def build_parser():
     )
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument(
+        "--normal-class", default=NORMAL_CLASS, metavar="NAME",
+        help="the class folder (or CSV label) of normal images, any case (default: NORMAL); "
+        "every other class is abnormal",
+    )
+    fit.add_argument(
         "--size", type=_positive_int, metavar="N",
         help="resize every image to NxN when reading (needed when files differ in size)",
     )
@@ -201,6 +214,11 @@ def build_parser():
         help="a NORMAL/ + class-folder layout, or a CSV with path and label columns",
     )
     evaluate.add_argument("--report", metavar="DIR", help="folder to write the report into")
+    evaluate.add_argument(
+        "--normal-class", default=NORMAL_CLASS, metavar="NAME",
+        help="the class folder (or CSV label) of normal images, any case (default: NORMAL); "
+        "every other class is abnormal",
+    )
     evaluate.add_argument(
         "--key-file", metavar="FILE", help="refuse a model not signed with this secret"
     )
@@ -514,7 +532,7 @@ def _input_shape(model):
 
 
 # --------------------------------------------------------------- reading inputs
-def _label_of(value, where):
+def _label_of(value, where, normal_class=NORMAL_CLASS):
     text = str(value).strip()
     if text in ("0", "1"):
         return int(text)
@@ -523,13 +541,13 @@ def _label_of(value, where):
     try:
         number = float(text)
     except ValueError:
-        return 0 if text.upper() == NORMAL_CLASS else 1
+        return 0 if text.upper() == normal_class.upper() else 1
     if number in (0.0, 1.0):
         return int(number)
     raise UsageError(f"{where}: label {text!r} is neither 0, 1 nor a class name")
 
 
-def _read_csv(path):
+def _read_csv(path, normal_class=NORMAL_CLASS):
     """``(paths, labels or None)`` of a CSV with a path column and an optional label one."""
     path = Path(path)
     try:
@@ -556,7 +574,7 @@ def _read_csv(path):
         file = Path(text)
         paths.append(file if file.is_absolute() else path.parent / file)
         if _LABEL_COLUMN in fields:
-            labels.append(_label_of(row[_LABEL_COLUMN], f"CSV '{path}' line {i}"))
+            labels.append(_label_of(row[_LABEL_COLUMN], f"CSV '{path}' line {i}", normal_class))
     for file in paths:
         if not file.is_file():
             raise UsageError(f"CSV '{path}' lists '{file}', which does not exist")
@@ -572,14 +590,29 @@ def _list_images(folder):
         raise UsageError(_one_line(err)) from None
 
 
-def _class_folders(folder):
+def _class_folders(folder, normal_class, what):
+    """The class subfolders of ``folder``, or None where it is a plain image tree.
+
+    A folder whose subfolders look like classes (HEALTHY/ + PNEUMONIA/, ...) but
+    hold no ``normal_class`` folder is refused: reading it as a plain tree would pool
+    normal and abnormal images into one training set without a word."""
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not any(d.name.upper() == NORMAL_CLASS for d in subdirs):
-        return None
-    return subdirs
+    if any(d.name.upper() == normal_class.upper() for d in subdirs):
+        return subdirs
+    class_like = [d.name for d in subdirs if d.name.upper() in _CLASS_LIKE_NAMES]
+    if class_like:
+        names = ", ".join(d.name + "/" for d in subdirs)
+        raise UsageError(
+            f"{what} '{folder}' has class folders ({names}) but none named "
+            f"{normal_class}/: its images would be pooled whatever their class. Name the "
+            f"folder of normal images with --normal-class (e.g. --normal-class "
+            f"{class_like[0]} if {class_like[0]}/ holds the normal images), rename it "
+            f"{NORMAL_CLASS}/, or point {what} at the normal folder itself"
+        )
+    return None
 
 
-def _read_labelled_folder(folder, subdirs):
+def _read_labelled_folder(folder, subdirs, normal_class=NORMAL_CLASS):
     from .datasets._io import IMAGE_EXTENSIONS
 
     loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -595,20 +628,20 @@ def _read_labelled_folder(folder, subdirs):
         except UsageError:
             continue  # an empty class folder adds nothing
         paths += files
-        labels += [0 if d.name.upper() == NORMAL_CLASS else 1] * len(files)
+        labels += [0 if d.name.upper() == normal_class.upper() else 1] * len(files)
     return paths, labels
 
 
-def _gather(spec, what):
+def _gather(spec, what, normal_class=NORMAL_CLASS):
     """``(paths, labels or None)`` from a folder, a class-folder layout or a CSV."""
     spec = Path(spec)
     if spec.is_dir():
-        subdirs = _class_folders(spec)
+        subdirs = _class_folders(spec, normal_class, what)
         if subdirs is not None:
-            return _read_labelled_folder(spec, subdirs)
+            return _read_labelled_folder(spec, subdirs, normal_class)
         return _list_images(spec), None
     if spec.is_file() and spec.suffix.lower() == ".csv":
-        return _read_csv(spec)
+        return _read_csv(spec, normal_class)
     if spec.exists():
         raise UsageError(f"{what} '{spec}' is neither a folder nor a .csv file")
     raise UsageError(f"{what} '{spec}' does not exist")
@@ -683,36 +716,6 @@ def _info(args, message, level=1):
         print(message, file=sys.stderr, flush=True)
 
 
-def _make_progress_callback(total, disable):
-    from skorch.callbacks import Callback
-
-    class EpochProgress(Callback):
-        """A tqdm bar over epochs with the training loss (stderr)."""
-
-        def __init__(self, total=None, disable=False):
-            self.total = total
-            self.disable = disable
-
-        def on_train_begin(self, net, **kwargs):
-            from tqdm.auto import tqdm
-
-            self.bar_ = tqdm(
-                total=self.total or net.max_epochs, desc="training", unit="epoch",
-                disable=self.disable, file=sys.stderr,
-            )
-
-        def on_epoch_end(self, net, **kwargs):
-            loss = net.history[-1].get("train_loss")
-            self.bar_.update(1)
-            if loss is not None:
-                self.bar_.set_postfix(loss=f"{loss:.4g}")
-
-        def on_train_end(self, net, **kwargs):
-            self.bar_.close()
-
-    return EpochProgress(total=total, disable=disable)
-
-
 # ----------------------------------------------------------------- commands
 def _fit(args):
     from sklearn.pipeline import make_pipeline
@@ -735,7 +738,7 @@ def _fit(args):
 
     with _Staging() as staging:
         tmp_model = staging.file(args.out, "--out")
-        paths, labels = _gather(args.train, "--train")
+        paths, labels = _gather(args.train, "--train", args.normal_class)
         if labels is not None:
             normal = [p for p, y in zip(paths, labels) if y == 0]
             if not normal:
@@ -754,9 +757,10 @@ def _fit(args):
         if X.shape[0] < 2:
             raise UsageError(f"--train '{args.train}' has {X.shape[0]} image; need at least 2")
         _info(args, f"Model: {model}", level=2)
-        detector.set_params(
-            callbacks=[_make_progress_callback(detector.max_epochs, args.verbosity == 0)]
-        )
+        # Every training stage shows its progress (iterations of the total, elapsed,
+        # ETA, loss terms) through the detector's own verbose output.
+        verbose_param = detector.verbose
+        detector.set_params(verbose=max(int(verbose_param), 1) if args.verbosity else 0)
         _info(
             args,
             f"Training {det_cls.__name__} on {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} "
@@ -768,12 +772,8 @@ def _fit(args):
         except ValueError as err:
             raise UsageError(f"training failed: {_one_line(err)}") from None
         seconds = time.perf_counter() - start
-        n_iter = getattr(detector, "n_iter_", None)
-        if isinstance(n_iter, int) and n_iter < detector.max_epochs:
-            # skorch ends training quietly on Ctrl-C; an under-trained model is not saved.
-            raise KeyboardInterrupt
-        # The progress bar only shapes training; the saved file holds plain parameters.
-        detector.set_params(callbacks=None)
+        # Progress only shapes the output; the saved file holds the given parameters.
+        detector.set_params(verbose=verbose_param)
         try:
             save_model(model, tmp_model, key=key)
         except (ValueError, TypeError) as err:
@@ -946,7 +946,7 @@ def _evaluate(args):
     model = _load_model(args)
     with _Staging() as staging:
         tmp_report = staging.folder(args.report, "--report") if args.report else None
-        paths, labels = _gather(args.data, "--data")
+        paths, labels = _gather(args.data, "--data", args.normal_class)
         if labels is None:
             raise UsageError(
                 f"--data '{args.data}' has no labels: use a folder with NORMAL/ and class "

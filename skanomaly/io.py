@@ -455,6 +455,17 @@ def _describe(estimator, by_class, label, prefix, tensors, dropped):
     if kind == "detector":
         params = {}
         for name, value in estimator.get_params(deep=False).items():
+            if name == "memory" and value is not None:
+                # A cache folder of this machine means nothing elsewhere, and a loaded
+                # detector that refits would read joblib pickles from it.
+                params[name] = None
+                warnings.warn(
+                    f"{label}: memory={value!r} is not saved (a cache of this machine; the "
+                    "loaded detector gets memory=None).",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                continue
             try:
                 params[name] = _jsonable_param(value)
             except TypeError:
@@ -790,6 +801,16 @@ class _Loader:
             previous = (step_label, out)
 
     def _detector(self, cls, params, node, label, prefix, depth):
+        if params.get("memory") is not None:
+            # Files written before the writer dropped it: a cache path of another
+            # machine, which a refit would read pickles from.
+            warnings.warn(
+                f"{label}: the file's memory={params['memory']!r} is ignored (a cache "
+                "folder of the machine that saved it); the detector gets memory=None.",
+                UserWarning,
+                stacklevel=4,
+            )
+            params = {**params, "memory": None}
         detector = self._validated(cls, params, label, check="_check_scoring_params")
         self._set_fitted(detector, node.get("fitted"), label)
         try:

@@ -587,3 +587,28 @@ def test_label_semantics_decide_what_fit_accepts(images):
     # The check branches on the tag: it passes on both, with the right message each.
     check_refuses_abnormal_labels(semi)
     check_refuses_abnormal_labels(fast_cae(channels=(4,), max_epochs=1))
+
+
+def test_conv_weights_are_channels_last_while_scoring_and_contiguous_after(fitted, images, monkeypatch):
+    """Scoring convolves channels-last (oneDNN's fast layout); training, state_dict
+    and model files see the usual contiguous weights, and the scores are the NCHW
+    ones to float32 rounding."""
+    import skanomaly.base as base
+
+    convs = [p for p in fitted.net_.module_.parameters() if p.ndim == 4 and p.shape[1] > 1]
+    assert convs
+    seen = []
+    original = CAEDetector._anomaly_batch
+
+    def record(self, x, roi):
+        seen.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs))
+        return original(self, x, roi)
+
+    monkeypatch.setattr(CAEDetector, "_anomaly_batch", record)
+    scores = fitted.score_samples(images)
+    assert seen and all(seen)
+    assert all(p.is_contiguous() for p in fitted.net_.module_.parameters())
+    monkeypatch.setattr(base, "_to_channels_last", lambda module: [])
+    nchw = fitted.score_samples(images)
+    tolerance = fitted.__skanomaly_tags__().score_tolerance.rtol
+    np.testing.assert_allclose(scores, nchw, rtol=tolerance, atol=tolerance)

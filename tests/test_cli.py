@@ -346,3 +346,71 @@ def test_demo_failing_after_training_leaves_no_folder(tmp_path, monkeypatch, cap
     code = main(["demo", "--out", str(tmp_path / "demo"), "--n-train", "20", "--n-test", "10", "--epochs", "1", "-q"])
     assert code == 2 and "no figure today" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------- class folders, interrupts
+def _class_layout(root, names):
+    normal = make_chest_phantoms(6, image_size=32, anomaly_fraction=0.0, random_state=0)
+    sick = make_chest_phantoms(4, image_size=32, anomaly_fraction=1.0, random_state=2)
+    for i, image in enumerate(normal.images):
+        _save_png(root / names[0], f"n{i:03d}.png", image)
+    for i, image in enumerate(sick.images):
+        _save_png(root / names[1], f"a{i:03d}.png", image)
+    return root
+
+
+def test_class_folders_without_a_normal_one_are_refused_not_pooled(tmp_path, capsys):
+    data = _class_layout(tmp_path / "data", ["HEALTHY", "PNEUMONIA"])
+    out = tmp_path / "model.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(data), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "HEALTHY/, PNEUMONIA/" in err and "--normal-class HEALTHY" in err
+    assert not out.exists()
+    # Named explicitly, the normal class trains alone.
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(data), "--out", str(out),
+                 "--normal-class", "healthy"]) == 0
+    assert "training on its 6 normal images (label 0), leaving out 4 abnormal" in capsys.readouterr().err
+    assert load_model(out).n_features_in_ == 32 * 32
+
+
+def test_patient_subfolders_are_still_one_image_tree(tmp_path):
+    data = _class_layout(tmp_path / "data", ["patient01", "patient02"])
+    out = tmp_path / "model.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(data), "--out", str(out), "-q"]) == 0
+
+
+# The net of the last training stage, where a detector has several.
+LAST_STAGE_NET = {"FAnoGANDetector": "EncoderNet"}
+
+
+@pytest.mark.parametrize("stage", ["first", "last"])
+@pytest.mark.parametrize("name", sorted(detectors.__all__))
+def test_ctrl_c_in_any_training_stage_exits_130_and_writes_nothing(name, stage, folders, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The CLI's promise for every detector: an interrupted fit writes nothing, exit 130."""
+    import signal
+
+    from skorch import NeuralNet
+
+    nets = []
+    original = NeuralNet.notify
+
+    def interrupt_during(self, method_name, **kwargs):
+        original(self, method_name, **kwargs)
+        if method_name == "on_batch_end" and kwargs.get("training"):
+            nets.append(type(self).__name__)
+            first = len(nets) == 1
+            last = nets[-1] == LAST_STAGE_NET.get(name, nets[0]) and nets.count(nets[-1]) == 1
+            if first if stage == "first" else last:
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(NeuralNet, "notify", interrupt_during)
+    out = tmp_path / "model.skan"
+    code = main(["fit", "--detector", name, *CLI_PARAMS[name], "--train", str(folders / "train"),
+                 "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "interrupted; nothing written" in err
+    assert list(tmp_path.iterdir()) == []
+    if stage == "last":
+        assert LAST_STAGE_NET.get(name, nets[0]) in nets  # the interrupt reached that stage

@@ -15,6 +15,7 @@ square crop, dilation). The checks' data are random floats far outside [0, 1]
 import warnings
 
 import pytest
+from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly.detectors import AnoGANDetector, CAEDetector, FAnoGANDetector, VAEDetector
@@ -366,3 +367,38 @@ def test_expected_failures_are_the_same_for_every_detector(detector):
     assert EXPECTED_FAILURES[f"{detector.__name__}LabelsIgnored"] == dict.fromkeys(
         _BATCHING_CHECKS, _FLOAT32_BATCHING
     )
+
+
+# Architecture changes for every registered detector: set on a fitted detector, they
+# must wait for the next fit (scikit-learn's rule), in scoring and in saved files.
+ARCHITECTURE_CHANGES = {
+    CAEDetector: {"channels": (8,)},
+    VAEDetector: {"channels": (8,), "latent_dim": 3},
+    AnoGANDetector: {"channels": (8,), "latent_dim": 3},
+    FAnoGANDetector: {"gan_channels": (8, 8, 8, 8), "latent_dim": 3},
+}
+
+
+def test_every_detector_has_an_architecture_change():
+    missing = [cls.__name__ for cls in REGISTERED_DETECTORS if cls not in ARCHITECTURE_CHANGES]
+    assert not missing, f"add {missing} to ARCHITECTURE_CHANGES in tests/test_common.py"
+
+
+@pytest.mark.parametrize("detector_class", REGISTERED_DETECTORS, ids=lambda cls: cls.__name__)
+def test_architecture_params_set_after_fit_wait_for_the_next_fit(detector_class, tmp_path):
+    import numpy as np
+
+    from skanomaly.io import load_model, save_model
+
+    images = np.random.default_rng(0).random((12, 16, 16), dtype=np.float32)
+    detector = clone(FAST_IMAGE_DETECTORS[[type(d) for d in FAST_IMAGE_DETECTORS].index(detector_class)])
+    detector.set_params(random_state=0).fit(images)
+    expected = detector.score_samples(images)
+    detector.set_params(**ARCHITECTURE_CHANGES[detector_class])
+    np.testing.assert_array_equal(detector.score_samples(images), expected)
+    save_model(detector, tmp_path / "det.skan")
+    loaded = load_model(tmp_path / "det.skan")
+    np.testing.assert_array_equal(loaded.score_samples(images), expected)
+    # ... and the next fit builds the new architecture.
+    refitted = detector.fit(images)
+    assert refitted.network_config_ != loaded.network_config_

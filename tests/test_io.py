@@ -143,7 +143,9 @@ def test_signed_file_refuses_forgery_and_unsigned_files(fitted, images, tmp_path
         (lambda h, t: h["params"].update(batch_size=0), r"invalid parameters.*batch_size"),
         (lambda h, t: h["params"].update(lr="x"), r"invalid parameters.*lr"),
         (lambda h, t: h["params"].update(surprise=1), r"parameters \['surprise'\] that"),
-        (lambda h, t: h["params"].update(channels={"__tuple__": [4, 10**7]}), "do not fit its parameters"),
+        # The networks are built from what was fitted (network_config_), not from
+        # parameters that may have changed since.
+        (lambda h, t: h["fitted"]["network_config_"].update(channels=[4, 10**7]), "do not fit its parameters"),
         (lambda h, t: h["fitted"].update(offset_="nan"), "offset_"),
         (lambda h, t: h["fitted"].update(image_shape_=[16, 10**9]), "image_shape_"),
         (lambda h, t: t.popitem(), "missing"),
@@ -166,7 +168,7 @@ def test_huge_channels_are_refused_without_allocating(tmp_path, images):
     det = CAEDetector(channels=(4, 8), max_epochs=1, random_state=0).fit(images)
     path = tmp_path / "model.safetensors"
     save_model(det, path)
-    _rewrite(path, lambda h, t: h["params"].update(channels={"__tuple__": [100_000, 100_000]}))
+    _rewrite(path, lambda h, t: h["fitted"]["network_config_"].update(channels=[100_000, 100_000]))
     with pytest.raises(ValueError, match="do not fit its parameters"):
         load_model(path)
 

@@ -242,7 +242,8 @@ TAMPERING = {
         r"step 'patchextractor' \(PatchExtractor\): sets parameters \['command'\]",
     ),
     "huge-channels": (
-        lambda h, t: _step(h, "caedetector")["params"].update(channels={"__tuple__": [100_000, 100_000]}),
+        # The networks are built from what was fitted (network_config_).
+        lambda h, t: _step(h, "caedetector")["fitted"]["network_config_"].update(channels=[100_000, 100_000]),
         r"tensors do not fit its parameters: step 'caedetector': 2/net_module.* is \(4, 1, 3, 3\)",
     ),
     "oversized-tensor": (

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from skanomaly.utils.scoring import score_in_batches
 

@@ -61,7 +61,7 @@ from skorch.utils import TeeGenerator, to_tensor
 from ..utils.scoring import as_torch_buffer
 from .augment import augment_batch
 from .nets import ROINet, StageNetMixin
-from .random import make_generator
+from .random import make_generator, stream_seeds
 
 __all__ = ["AdversarialNet", "Update", "EpochMeans", "real_batch_statistics"]
 
@@ -250,11 +250,10 @@ class AdversarialNet(StageNetMixin, ROINet):
     # -------------------------------------------------------- initialisation
     def initialize(self):
         super().initialize()
-        # Streams after ROINet's three (initialisation, shuffling, training draws).
-        valid_seed, unlabelled_seed = np.random.SeedSequence(self.random_seed).generate_state(5)[3:]
-        self.valid_seed_ = int(valid_seed)
+        seeds = stream_seeds(self.random_seed)
+        self.valid_seed_ = seeds["valid"]
         self.valid_rng_ = make_generator(self.valid_seed_)
-        self.unlabelled_rng_ = make_generator(int(unlabelled_seed))
+        self.unlabelled_rng_ = make_generator(seeds["unlabelled"])
         self.n_iterations_ = 0
         self.n_steps_ = {group: 0 for group in self.OPTIMIZER_GROUPS}
         return self

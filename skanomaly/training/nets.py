@@ -10,10 +10,14 @@ parallel threads are reproducible. GAN detectors build on
 :mod:`skanomaly.training.stages`, which adds several modules and optimisers.
 """
 
+import contextlib
+import signal
+import threading
 from numbers import Real
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import validate_parameter_constraints
 from skorch import NeuralNet
 from skorch.dataset import get_len, unpack_data
 from skorch.utils import to_tensor
@@ -21,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from .augment import augment_batch
-from .random import make_generator, seeded_initialisation
+from .random import make_generator, seeded_initialisation, stream_seeds
 
 __all__ = ["ROINet", "StageNetMixin", "pad_to_side"]
 
@@ -32,6 +36,38 @@ def pad_to_side(x, side, value):
     if height == side and width == side:
         return x
     return F.pad(x, (0, side - width, 0, side - height), value=value)
+
+
+@contextlib.contextmanager
+def _user_interrupts():
+    """Record whether the user interrupted (Ctrl-C, or a SIGTERM the program turns
+    into ``KeyboardInterrupt``) during this block; yields a ``threading.Event``.
+
+    skorch ends training on ``KeyboardInterrupt`` and returns normally from
+    ``partial_fit``: that is how ``EarlyStopping`` (and ``MaxIter``) stop it, and it
+    would make an interrupted fit look complete. Signals reach only the main thread,
+    so elsewhere nothing is installed (nothing can interrupt there either)."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = {}
+    for signum in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        handler = signal.getsignal(signum) if signum is not None else None
+        if not callable(handler):  # default or ignored: it raises nothing to catch
+            continue
+
+        def record(number, frame, handler=handler):
+            interrupted.set()
+            handler(number, frame)
+
+        previous[signum] = handler
+        signal.signal(signum, record)
+    try:
+        yield interrupted
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ROINet(NeuralNet):
@@ -64,11 +100,11 @@ class ROINet(NeuralNet):
     def initialize(self):
         """Initialise modules, criteria and optimisers from ``random_seed``."""
         # Independent streams for initialisation, shuffling and training-step draws.
-        init_seed, shuffle_seed, step_seed = np.random.SeedSequence(self.random_seed).generate_state(3)
-        with seeded_initialisation(init_seed, self.device):
+        seeds = stream_seeds(self.random_seed)
+        with seeded_initialisation(seeds["init"], self.device):
             super().initialize()
-        self.shuffle_rng_ = make_generator(shuffle_seed)
-        self.rng_ = make_generator(step_seed)
+        self.shuffle_rng_ = make_generator(seeds["shuffle"])
+        self.rng_ = make_generator(seeds["step"])
         for module in self._modules_with_noise():
             module.noise_generator = self.rng_
         return self
@@ -109,6 +145,20 @@ class ROINet(NeuralNet):
         super().__setstate__(state)
         for module in self._modules_with_noise():
             module.noise_generator = self.rng_
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """As skorch's, except that a user's interrupt is raised, not swallowed.
+
+        skorch catches ``KeyboardInterrupt`` (its callbacks' stop signal) and returns
+        as if training had ended; an interrupt by the user is raised again once the
+        net has closed training, so a detector's ``fit`` ends unfitted instead of
+        returning an under-trained model.
+        """
+        with _user_interrupts() as interrupted:
+            result = super().partial_fit(X, y, classes=classes, **fit_params)
+        if interrupted.is_set():
+            raise KeyboardInterrupt(f"{type(self).__name__} training was interrupted")
+        return result
 
     def get_iterator(self, dataset, training=False):
         # skorch builds the DataLoader from iterator_train__* / iterator_valid__*
@@ -188,6 +238,10 @@ class StageNetMixin:
         Passed on to the next class (:class:`ROINet`).
     """
 
+    # The nets check their parameters at initialize with scikit-learn's constraint
+    # objects, as the detectors do; each class adds its own, merged along the MRO.
+    _parameter_constraints: dict = {"x_range": [None, tuple, list]}
+
     def __init__(self, *args, x_range=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.x_range = x_range
@@ -204,7 +258,15 @@ class StageNetMixin:
 
     # ------------------------------------------------------------ parameters
     def _check_stage_params(self):
-        """Validate parameters at ``initialize``; subclasses extend it."""
+        """Validate parameters at ``initialize``: every class's
+        ``_parameter_constraints``, then what constraints cannot say (subclasses
+        extend it)."""
+        constraints = {}
+        for cls in reversed(type(self).__mro__):
+            constraints.update(vars(cls).get("_parameter_constraints", {}))
+        validate_parameter_constraints(
+            constraints, {name: getattr(self, name) for name in constraints}, caller_name=type(self).__name__
+        )
         x_range = self.x_range
         if x_range is not None:
             valid = isinstance(x_range, (tuple, list)) and len(x_range) == 2

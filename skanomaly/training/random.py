@@ -11,13 +11,27 @@ on every device (CUDA generators produce other streams than the CPU one).
 import threading
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-__all__ = ["make_generator", "rand", "randn", "seeded_initialisation"]
+__all__ = ["make_generator", "rand", "randn", "seeded_initialisation", "stream_seeds"]
+
+# The independent random streams of a training net, in the order their seeds are
+# drawn: appending a stream leaves every earlier seed as it was.
+STREAMS = ("init", "shuffle", "step", "valid", "unlabelled")
 
 # torch initialises module weights from its global generator and offers no other way;
 # one lock makes seeded initialisation atomic across threads.
 _INIT_LOCK = threading.RLock()
+
+
+def stream_seeds(random_seed):
+    """``{stream: seed}`` for every stream of :data:`STREAMS`, from one net seed.
+
+    ``SeedSequence`` words are independent, and its first ``k`` words do not depend
+    on how many are drawn, so a stream added at the end changes no earlier one."""
+    words = np.random.SeedSequence(int(random_seed)).generate_state(len(STREAMS))
+    return dict(zip(STREAMS, (int(word) for word in words)))
 
 
 def make_generator(seed):

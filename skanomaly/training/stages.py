@@ -27,25 +27,21 @@ Typical settings of the papers (Adam throughout)::
 
 import copy
 from collections.abc import Mapping
-from numbers import Real
+from numbers import Integral, Real
 
-import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 from torch.nn import functional as F
 
-from .adversarial import AdversarialNet, Update, _is_int, real_batch_statistics
+from .adversarial import AdversarialNet, Update, real_batch_statistics
 from .nets import ROINet, StageNetMixin
 from .penalties import drift_penalty, gradient_penalty
 from .random import make_generator, rand, randn
 
 __all__ = ["StageNetMixin", "FrozenModulesMixin", "StageNet", "GANNet", "MaxIter"]
-
-
-def _is_nonnegative(value):
-    return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
 
 
 class FrozenModulesMixin:
@@ -363,21 +359,14 @@ class GANNet(AdversarialNet):
         self.optimizer_d = optimizer_d
 
     # ------------------------------------------------------------ parameters
-    def _check_stage_params(self):
-        if self.loss not in self.LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not supported: use one of {self.LOSSES}.")
-        if self.latent_distribution not in self.LATENT_DISTRIBUTIONS:
-            raise ValueError(
-                f"latent_distribution={self.latent_distribution!r} is not supported: use one "
-                f"of {self.LATENT_DISTRIBUTIONS}."
-            )
-        for name in ("n_critic", "latent_dim"):
-            if not _is_int(getattr(self, name), 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
-        for name in ("gp_weight", "drift_weight"):
-            if not _is_nonnegative(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
-        super()._check_stage_params()
+    _parameter_constraints: dict = {
+        "loss": [StrOptions(set(LOSSES))],
+        "latent_distribution": [StrOptions(set(LATENT_DISTRIBUTIONS))],
+        "n_critic": [Interval(Integral, 1, None, closed="left")],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "gp_weight": [Interval(Real, 0, None, closed="left")],
+        "drift_weight": [Interval(Real, 0, None, closed="left")],
+    }
 
     # -------------------------------------------------------------- the model
     def schedule(self):
@@ -521,9 +510,10 @@ class MaxIter(Callback):
     def __init__(self, max_iter):
         self.max_iter = max_iter
 
+    _parameter_constraints: dict = {"max_iter": [Interval(Integral, 1, None, closed="left")]}
+
     def initialize(self):
-        if not _is_int(self.max_iter, 1):
-            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}.")
+        validate_parameter_constraints(self._parameter_constraints, {"max_iter": self.max_iter}, caller_name="MaxIter")
         self.n_iter_ = 0
         return self
 

@@ -38,6 +38,7 @@ images of 16 x 16 pixels (or the detector's minimum size, if larger).
 import functools
 import io
 import os
+import signal
 import tempfile
 import threading
 
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Callback
 
 from .tags import get_detector_tags
 
@@ -307,6 +309,66 @@ def check_failed_fit_leaves_unfitted(detector):
     raise AssertionError("a failed refit left the detector usable with stale state")
 
 
+class _InterruptAtBatch(Callback):
+    """Send this process SIGINT (Ctrl-C) at the end of the ``batch``-th training batch."""
+
+    def __init__(self, batch=1):
+        self.batch = batch
+
+    def initialize(self):
+        self.batches_ = 0
+        return self
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.batches_ += 1
+            if self.batches_ == self.batch:
+                signal.raise_signal(signal.SIGINT)
+
+
+def check_interrupted_fit_leaves_unfitted(detector):
+    """Ctrl-C in any training stage ends ``fit`` with ``KeyboardInterrupt`` and
+    leaves the detector unfitted (also one fitted before): skorch's own stop signal
+    must not turn an interrupted stage into a finished one.
+
+    Every ``*callbacks`` parameter (one per stage: ``callbacks``, ``gan_callbacks``)
+    gets the interrupt in turn. Signals reach the main thread only: elsewhere the
+    check passes without running.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stages = sorted(name for name in detector.get_params(deep=False) if name.endswith("callbacks"))
+    assert stages, f"{type(detector).__name__} has no callbacks parameter to interrupt a stage with"
+    for stage in stages:
+        fitted = _fitted(detector)
+        images = _images(fitted)
+        fitted.set_params(**{stage: [*(fitted.get_params()[stage] or []), _InterruptAtBatch(batch=1)]})
+        try:
+            fitted.fit(images)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError(f"fit returned normally after Ctrl-C in the stage of {stage}")
+        try:
+            fitted.predict(images)
+        except NotFittedError:
+            continue
+        raise AssertionError(f"Ctrl-C in the stage of {stage} left the detector looking fitted")
+
+
+def check_fit_and_score_any_memory_layout(detector):
+    """Reversed and strided Fortran-ordered views train and score like C arrays
+    (torch refuses negative strides; numpy hands them out for ``X[::-1]``)."""
+    images = _images(detector)
+    expected = _fitted(detector, images).score_samples(images)
+    for name, view in (
+        ("reversed", np.ascontiguousarray(images[::-1])[::-1]),
+        ("strided Fortran-ordered", np.asfortranarray(np.repeat(images, 2, axis=2))[:, :, ::2]),
+    ):
+        fitted = _fitted(detector, view)
+        _assert_scores_close(fitted.score_samples(view), expected, f"fit and scores on a {name} view", fitted)
+
+
 def check_refuses_abnormal_labels(detector):
     """fit(X, y) refuses labels that mark abnormal images, by the detector's label
     semantics: all-normal labels are fine; a semi-supervised detector also takes -1
@@ -384,6 +446,8 @@ _CHECKS = [
     check_random_state_determinism,
     check_threaded_fits_match_sequential,
     check_failed_fit_leaves_unfitted,
+    check_interrupted_fit_leaves_unfitted,
+    check_fit_and_score_any_memory_layout,
     check_refuses_abnormal_labels,
     check_refuses_values_outside_range,
 ]

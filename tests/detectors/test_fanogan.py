@@ -370,3 +370,30 @@ def test_module_shapes_leaves_a_fitted_detector_alone(fitted, images):
     assert vars(fitted).keys() == before.keys()
     assert all(vars(fitted)[name] is value for name, value in before.items())
     np.testing.assert_array_equal(fitted.score_samples(images), scores)
+
+
+def test_a_model_file_carries_no_local_cache_path(fitted, images, tmp_path):
+    """memory= is a folder of this machine: the file stores None, and says so."""
+    cache = tmp_path / "my-private-cache-folder"
+    try:
+        fitted.set_params(memory=str(cache))  # a parameter for the next fit only
+        with pytest.warns(UserWarning, match="memory=.*is not saved"):
+            save_model(fitted, tmp_path / "det.skan")
+    finally:
+        fitted.set_params(memory=None)
+    assert b"my-private-cache-folder" not in (tmp_path / "det.skan").read_bytes()
+    loaded = load_model(tmp_path / "det.skan")
+    assert loaded.memory is None
+    np.testing.assert_array_equal(loaded.score_samples(images[:4]), fitted.score_samples(images[:4]))
+
+
+def test_a_joblib_round_trip_keeps_the_gan_shared_and_saves(fitted, images, tmp_path):
+    """skorch pickles each net's modules apart: the encoder's frozen GAN must come back
+    as the GAN stage's own modules, so the loaded detector saves like the fitted one."""
+    joblib.dump(fitted, tmp_path / "det.joblib")
+    loaded = joblib.load(tmp_path / "det.joblib")
+    assert loaded.encoder_.discriminator_ is loaded.gan_.discriminator_
+    assert loaded.encoder_.generator_ is loaded._scoring_generator()
+    assert list(loaded._torch_modules()) == list(fitted._torch_modules())
+    save_model(loaded, tmp_path / "det.skan")
+    np.testing.assert_array_equal(load_model(tmp_path / "det.skan").score_samples(images), fitted.score_samples(images))

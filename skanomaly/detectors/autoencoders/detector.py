@@ -5,6 +5,7 @@ from numbers import Integral, Real
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ..._model_state import _config_int, _config_mapping
 from ...base import BaseDeepDetector
 from ...training.losses import MaskedReconstructionLoss
 from ...training.nets import ROINet
@@ -158,10 +159,19 @@ class CAEDetector(BaseDeepDetector):
             f"e.g. channels={tuple(self.channels[:2])}."
         )
 
+    def _network_config(self):
+        # What the networks are built from, fixed at fit (network_config_): a later
+        # set_params(channels=...) takes effect at the next fit, as in scikit-learn.
+        return {"channels": tuple(int(c) for c in self.channels)}
+
+    def _check_network_config(self, config, image_shape):
+        config = _config_mapping(config, {"channels"})
+        return {"channels": check_widths(config["channels"], "channels", high=None)}
+
     def _make_net(self, device):
         return ROINet(
             module=ConvAutoencoder,
-            module__channels=tuple(self.channels),
+            module__channels=self.network_config_["channels"],
             criterion=MaskedReconstructionLoss,
             criterion__kind="mse",
             optimizer=torch.optim.Adam,
@@ -309,12 +319,24 @@ class VAEDetector(BaseDeepDetector):
             f"e.g. channels={tuple(self.channels[:2])}."
         )
 
+    def _network_config(self):
+        # Fixed at fit, as for the CAE: set_params takes effect at the next fit.
+        return {"channels": tuple(int(c) for c in self.channels), "latent_dim": int(self.latent_dim)}
+
+    def _check_network_config(self, config, image_shape):
+        config = _config_mapping(config, {"channels", "latent_dim"})
+        return {
+            "channels": check_widths(config["channels"], "channels", min_len=0, high=None),
+            "latent_dim": _config_int(config, "latent_dim", 1, 2**20),
+        }
+
     def _make_net(self, device):
+        config = self.network_config_
         return ROINet(
             module=ConvVAE,
             module__image_shape=self.image_shape_,
-            module__channels=tuple(self.channels),
-            module__latent_dim=self.latent_dim,
+            module__channels=config["channels"],
+            module__latent_dim=config["latent_dim"],
             criterion=VAELoss,
             criterion__kld_weight=self.kld_weight,
             optimizer=torch.optim.Adam,

@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_memory
 
 from ..._model_state import _config_float, _config_int, _config_mapping
 from ...base import BaseDeepDetector, _clone_callback
+from ...training.progress import StageProgress
 from ...training.stages import GANNet, MaxIter
 from ...utils._docstring import fill_doc
 from ...utils.tags import Tolerance, _widths, float32_rtol
@@ -74,6 +75,14 @@ def _check_gan_channels(channels, generator, name):
     )
 
 
+# Shown once when a stage projects to hours on a CPU (the paper's widths are GPU-sized).
+_CPU_HINT = (
+    "The paper's settings are sized for a GPU (device='cuda'); on a CPU use narrower "
+    "networks, a smaller latent and fewer iterations, e.g. gan_channels=(64, 64, 32, 16), "
+    "latent_dim=64, gan_iterations=2000, encoder='critic'."
+)
+
+
 def _gan_network(config):
     """The GAN stage's part of a ``network_config_``."""
     return {key: config[key] for key in _GAN_NETWORK_KEYS}
@@ -127,7 +136,8 @@ def _make_gan_net(network, device, training=None, callbacks=(), verbose=0):
             lr=training["lr"],
             batch_size=training["batch_size"],
             max_epochs=max(1, math.ceil(iterations / n_batches)),
-            callbacks=[("max_iter", MaxIter(iterations)), *callbacks],
+            callbacks=[("max_iter", MaxIter(iterations)), *callbacks]
+            + ([("progress", StageProgress("FAnoGANDetector GAN stage", hint=_CPU_HINT))] if verbose else []),
             iterator_train__shuffle=True,
             # Full batches only: the minibatch-stddev statistic of a tail batch of one
             # or two images says nothing about the batch distribution.
@@ -605,6 +615,9 @@ class FAnoGANDetector(BaseDeepDetector):
         self.encoder_ = self._fit_stage(self._make_encoder_net(config, device), samples, owners)
         return {"gan": self.gan_.history, "encoder": self.encoder_.history}
 
+    def _small_settings_hint(self):
+        return _CPU_HINT
+
     def _scoring_generator(self):
         ema = getattr(self.gan_, "generator_ema_", None)
         return ema if ema is not None else self.gan_.generator_
@@ -613,7 +626,7 @@ class FAnoGANDetector(BaseDeepDetector):
         """The encoder stage's net, for training (``fit``) and for loading weights into
         alike: its networks from ``config`` alone."""
         settings = self._encoder_settings(config)
-        kwargs = self._skorch_kwargs(device)
+        kwargs = self._skorch_kwargs(device, stage="encoder")
         kwargs["random_seed"] = int(np.random.SeedSequence([kwargs["random_seed"], 1]).generate_state(1)[0])
         kwargs.update(lr=settings["lr"], batch_size=settings["batch_size"], max_epochs=settings["max_epochs"])
         if settings["iterations"] is not None:
@@ -634,6 +647,18 @@ class FAnoGANDetector(BaseDeepDetector):
             **optimizer_kwargs,
             **kwargs,
         )
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # skorch pickles each net's modules on their own, so the encoder stage's
+        # frozen GAN comes back as a copy of the GAN stage's: share them again, as
+        # fit left them (one object, scored, moved and saved once).
+        encoder, gan = self.__dict__.get("encoder_"), self.__dict__.get("gan_")
+        if encoder is not None and gan is not None and getattr(encoder, "initialized_", False):
+            shared = {"generator": self._scoring_generator(), "discriminator": gan.discriminator_}
+            encoder.frozen_modules = shared
+            for name, module in shared.items():
+                setattr(encoder, name + "_", module)
 
     def _initialize_networks(self, device):
         config = self.network_config_

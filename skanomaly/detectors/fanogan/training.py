@@ -18,9 +18,11 @@ CPU run grows through every scale, with the same proportions, in minutes.
 
 import copy
 import math
+from numbers import Real
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
@@ -29,8 +31,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ...training.augment import augment_batch
 from ...training.nets import pad_to_side
-from ...training.random import make_generator, randn
-from ...training.stages import GANNet, StageNet, _is_int
+from ...training.random import make_generator, randn, stream_seeds
+from ...training.adversarial import _is_int
+from ...training.stages import GANNet, StageNet
 from ...utils.scoring import score_in_batches
 from .losses import ENCODER_LOSSES, ENCODER_SCORES, encoder_loss, encoder_scores
 from .networks import upsample_nearest2x
@@ -146,13 +149,16 @@ class ProgressiveGANNet(GANNet):
         self.fade_iterations = fade_iterations
         self.ema_decay = ema_decay
 
+    _parameter_constraints: dict = {
+        "ema_decay": [None, Interval(Real, 0, 1, closed="left")],
+        "fade_iterations": [Interval(Real, 0, None, closed="left")],
+    }
+
     def _check_stage_params(self):
         super()._check_stage_params()
         per_scale = self.iterations_per_scale
         if not per_scale or not all(_is_int(n, 1) for n in per_scale):
             raise ValueError(f"iterations_per_scale must be integers >= 1, got {per_scale!r}.")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be None or in [0, 1), got {self.ema_decay!r}.")
 
     def initialize_module(self):
         super().initialize_module()
@@ -301,19 +307,21 @@ class EncoderNet(StageNet):
         self.anomaly_score = anomaly_score
         self.image_side = image_side
 
+    _parameter_constraints: dict = {
+        "loss": [StrOptions(set(ENCODER_LOSSES))],
+        "anomaly_score": [StrOptions(set(ENCODER_SCORES))],
+        "feature_weight": [Interval(Real, 0, None, closed="left")],
+    }
+
     def _check_stage_params(self):
         super()._check_stage_params()
-        if self.loss not in ENCODER_LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not supported: use one of {ENCODER_LOSSES}.")
-        if self.anomaly_score not in ENCODER_SCORES:
-            raise ValueError(f"anomaly_score={self.anomaly_score!r} is not supported: use one of {ENCODER_SCORES}.")
         missing = {"generator", "discriminator"} - set(self.frozen_modules or {})
         if missing:
             raise ValueError(f"EncoderNet needs frozen_modules {sorted(missing)} (the trained GAN).")
 
     def initialize(self):
         super().initialize()
-        self.valid_seed_ = int(np.random.SeedSequence(self.random_seed).generate_state(4)[3])
+        self.valid_seed_ = stream_seeds(self.random_seed)["valid"]
         self.valid_rng_ = make_generator(self.valid_seed_)
         return self
 
