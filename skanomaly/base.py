@@ -12,6 +12,7 @@ contract.
 import contextlib
 import re
 import threading
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -521,6 +522,7 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
 
     def _score_images(self, images):
         """Normality scores of validated images or bags."""
+        _warn_if_flat(images, self.value_range)
         if images.ndim == 4:
             return -aggregate_patches(self._patch_anomalies(images), self.patch_aggregation)
         return -self._run_batches(images, want_maps=False)[0]
@@ -680,6 +682,31 @@ def _restore_training_state(state):
         child.training = training
     for param, requires_grad in grads:
         param.requires_grad_(requires_grad)
+
+
+# Below this standard deviation inside the ROI (pixels in [0, 1]) an image has no
+# anatomy to judge: about a quarter of one 8-bit grey level.
+_FLAT_STD = 1e-3
+
+
+def _warn_if_flat(images, value_range):
+    """Warn about images (or whole bags) with (almost) no contrast inside the ROI: a
+    blank or saturated film reconstructs perfectly and would score as most normal."""
+    per_image = images.reshape(images.shape[0], -1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are refused earlier
+        spread = np.nanstd(per_image, axis=1) if value_range is not None else np.nanmax(per_image, axis=1) - np.nanmin(per_image, axis=1)
+    flat = np.flatnonzero(spread < (_FLAT_STD if value_range is not None else np.finfo(np.float32).tiny))
+    if flat.size:
+        shown = ", ".join(map(str, flat[:10])) + (" ..." if flat.size > 10 else "")
+        warnings.warn(
+            f"{flat.size} of {images.shape[0]} images have (almost) no contrast inside the "
+            f"region of interest (indices {shown}): a blank or saturated film has no anatomy "
+            "to judge and scores as very normal. Check them (exposure, masks) before "
+            "trusting their scores.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _to_channels_last(module):

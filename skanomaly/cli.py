@@ -126,6 +126,9 @@ def build_parser():
         "(0/1, or class names by the same rule); relative paths are read from the CSV's "
         "folder. Errors exit with code 2.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"skanomaly {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = sub.add_parser(
@@ -651,7 +654,7 @@ def _load(paths, size, args):
     from .datasets import load_images
 
     if args.verbosity:
-        _info(args, f"Reading {len(paths)} images ...")
+        _info(args, f"Reading {_count(len(paths), 'image')} ...")
     try:
         return load_images(paths, size=size)
     except ValueError as err:
@@ -707,6 +710,11 @@ def _load_model(args):
 
 
 # ----------------------------------------------------------------- messages
+def _count(n, noun):
+    """``"1 image"``, ``"3 images"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _one_line(err):
     return " ".join(str(err).split())
 
@@ -905,7 +913,7 @@ def _score(args):
     flagged = int((prediction == -1).sum())
     _info(
         args,
-        f"Scored {len(paths)} images in {seconds:.1f} s; {flagged} flagged abnormal "
+        f"Scored {_count(len(paths), 'image')} in {seconds:.1f} s; {flagged} flagged abnormal "
         f"(prediction -1). Wrote {args.out}"
         + (f" and {len(paths)} maps in {args.maps}" if args.maps else ""),
     )
@@ -931,7 +939,7 @@ def _score_in_chunks(args, model, paths, tmp_csv):
     flagged = int((result.predictions == -1).sum())
     _info(
         args,
-        f"Scored {len(paths)} images in {time.perf_counter() - start:.1f} s, "
+        f"Scored {_count(len(paths), 'image')} in {time.perf_counter() - start:.1f} s, "
         f"{args.chunk_size} at a time; {flagged} flagged abnormal. Wrote {args.out}",
     )
     return 0

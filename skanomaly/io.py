@@ -307,6 +307,7 @@ def save_model(estimator, path, *, key=None):
     >>> bool((load_model(path).score_samples(X) == pipe.score_samples(X)).all())
     True
     """
+    _checked_destination(path)  # before any work: a bad path fails at once
     registry = _registry()
     by_class = {cls: (name, kind) for name, (cls, kind) in registry.items()}
     _check_supported(estimator, by_class, registry, "the estimator", 0)
@@ -331,7 +332,7 @@ def save_model(estimator, path, *, key=None):
     }
     if key is not None:
         metadata["hmac_sha256"] = _hmac(key, digest)
-    path = Path(path)
+    path = _checked_destination(path)
     tmp = _new_temporary_file(path)
     try:
         mode = tmp.stat().st_mode & 0o777  # 0666 less the umask
@@ -341,6 +342,34 @@ def save_model(estimator, path, *, key=None):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _checked_destination(path):
+    """``path`` as a Path, or a ValueError saying what is wrong with it as a file to write."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"save_model: {path} is a folder; give the file to write, e.g. {path / 'model.safetensors'}."
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"save_model: the folder {path.parent} does not exist; create it first.")
+    return path
+
+
+def _pickle_kind(path):
+    """What kind of pickle ``path`` holds by its first bytes, or None."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4)
+    except OSError:
+        return None
+    if start[:1] == b"\x80":
+        return "pickle (joblib.dump or pickle.dump)"
+    if start[:2] == b"PK":
+        return "zip archive (torch.save)"
+    if start[:2] == b"\x1f\x8b" or start[:1] == b"\x78":
+        return "compressed pickle (joblib.dump with compress=)"
+    return None
 
 
 def _new_temporary_file(path):
@@ -579,6 +608,13 @@ def load_model(path, *, device=None, key=None):
     try:
         opened = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
+        kind = _pickle_kind(path)
+        if kind is not None:
+            raise ValueError(
+                f"{path} is a {kind}, not a skanomaly model file. Load it with joblib.load "
+                "(or torch.load) only if you trust where it came from: unpickling runs "
+                "code. save_model writes the safe format."
+            ) from err
         raise ValueError(f"{path} is not a readable skanomaly model file: {err}") from err
     try:
         with opened as handle:
@@ -603,6 +639,13 @@ def _load_open(handle, path, device, key):
         raise ValueError(
             f"{path} failed its integrity check (SHA-256 mismatch): the file was modified "
             "or corrupted. Refusing to load it."
+        )
+    if key is None and metadata.get("hmac_sha256") is not None:
+        warnings.warn(
+            f"{path} is signed, but no key was given: its signature was not checked, only "
+            "its checksum (which anyone can recompute). Pass key= to verify who wrote it.",
+            UserWarning,
+            stacklevel=3,
         )
     if key is not None:
         signature = metadata.get("hmac_sha256")

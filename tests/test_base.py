@@ -612,3 +612,31 @@ def test_conv_weights_are_channels_last_while_scoring_and_contiguous_after(fitte
     nchw = fitted.score_samples(images)
     tolerance = fitted.__skanomaly_tags__().score_tolerance.rtol
     np.testing.assert_allclose(scores, nchw, rtol=tolerance, atol=tolerance)
+
+
+def test_all_nan_input_says_there_is_no_pixel_in_the_roi():
+    """Not "values in [nan, nan]": the value-range check comes after the ROI one."""
+    with pytest.raises(ValueError, match="entirely NaN, i.e. have no pixel inside the region of interest") as info:
+        fast_cae().fit(np.full((4, 16, 16), np.nan, dtype=np.float32))
+    assert "nan, nan" not in str(info.value)
+
+
+def test_topk_larger_than_the_roi_warns_and_scores_the_mean():
+    X = np.random.default_rng(0).random((8, 16, 16), dtype=np.float32)
+    X[:, :, 2:] = np.nan  # 32 ROI pixels per image
+    det = fast_cae(channels=(4,), anomaly_score="mse").fit(X)
+    mse = det.score_samples(X)
+    det.set_params(anomaly_score=("topk", 50))
+    with pytest.warns(UserWarning, match=r"\('topk', 50\): some images or patches have fewer than 50 pixels"):
+        topk = det.score_samples(X)
+    np.testing.assert_allclose(topk, mse, rtol=1e-6)
+
+
+def test_a_flat_image_warns_that_its_score_means_nothing(fitted, images):
+    flat = images[:3].copy()
+    flat[1] = np.where(np.isnan(flat[1]), np.nan, 0.5)  # a grey square inside the same ROI
+    with pytest.warns(UserWarning, match=r"1 of 3 images have \(almost\) no contrast .*indices 1\)"):
+        fitted.score_samples(flat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted.score_samples(images[:3])

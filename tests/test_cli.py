@@ -414,3 +414,19 @@ def test_ctrl_c_in_any_training_stage_exits_130_and_writes_nothing(name, stage, 
     assert list(tmp_path.iterdir()) == []
     if stage == "last":
         assert LAST_STAGE_NET.get(name, nets[0]) in nets  # the interrupt reached that stage
+
+
+def test_version_and_singular_messages(folders, tmp_path, capsys):
+    import skanomaly
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"skanomaly {skanomaly.__version__}"
+    model = tmp_path / "model.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(folders / "train"), "--out", str(model),
+                 "-q"]) == 0
+    one = tmp_path / "one"
+    _save_png(one, "a.png", make_chest_phantoms(1, image_size=32, random_state=0).images[0])
+    assert main(["score", str(model), str(one), "--out", str(tmp_path / "s.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "Reading 1 image ..." in err and "1 images" not in err

@@ -297,3 +297,34 @@ def test_network_config_builds_the_loaded_networks(fitted_anogan, images, tmp_pa
     old = load_model(path)
     assert old.network_config_ == fitted_anogan.network_config_
     np.testing.assert_array_equal(old.score_samples(images[:4]), expected)
+
+
+# ------------------------------------------------------------- paths and pickles
+def test_a_pickle_is_recognised_and_the_safe_route_named(fitted, tmp_path):
+    joblib.dump(fitted, tmp_path / "model.joblib")
+    with pytest.raises(ValueError, match=r"is a pickle .*not a skanomaly model file.*joblib\.load.*trust"):
+        load_model(tmp_path / "model.joblib")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"zip archive \(torch\.save\)"):
+        load_model(tmp_path / "weights.pt")
+
+
+@pytest.mark.parametrize("where, message", [("folder", r"is a folder; give the file to write"),
+                                            ("missing", r"the folder .* does not exist; create it first")])
+def test_save_model_says_what_is_wrong_with_the_path(fitted, tmp_path, where, message):
+    target = tmp_path if where == "folder" else tmp_path / "nowhere" / "model.safetensors"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=message) as info:
+        save_model(fitted, target)
+    assert ".tmp" not in str(info.value)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_signed_file_loaded_without_a_key_warns_that_nobody_checked_the_signature(fitted, tmp_path):
+    save_model(fitted, tmp_path / "signed.safetensors", key=b"secret")
+    with pytest.warns(UserWarning, match="signature was not checked"):
+        load_model(tmp_path / "signed.safetensors")
+    save_model(fitted, tmp_path / "plain.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tmp_path / "plain.safetensors")

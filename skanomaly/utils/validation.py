@@ -346,8 +346,9 @@ def validate_images(
             raise ValueError(f"{name} got images with an empty dimension: shape {images.shape}.")
         if reset and estimator is not None:
             estimator.n_features_in_ = int(np.prod(images.shape[-2:]))
-    images = _apply_value_range(images, dtype, value_range, name)
+    # Before the value range: an image with no pixel in the ROI has no range to report.
     _check_values(images)
+    images = _apply_value_range(images, dtype, value_range, name)
     return images
 
 

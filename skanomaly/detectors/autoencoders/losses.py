@@ -4,6 +4,7 @@ Training (the criteria) and scoring (:func:`reconstruction_anomaly`) share them;
 ROI reductions they build on are :mod:`skanomaly.training.losses`.
 """
 
+import warnings
 from collections import namedtuple
 from numbers import Integral
 
@@ -76,6 +77,15 @@ def reconstruction_anomaly(spec, x, x_hat, roi, kld_term=None):
     """Per-pixel and per-image anomaly of a reconstruction, as ``spec`` says."""
     pixel = pixel_error(x, x_hat, spec.error)
     if spec.reduction == "topk":
+        if bool((roi.flatten(1).sum(1) < spec.k).any()):
+            # One fixed message: Python shows it once per session, not once per batch.
+            warnings.warn(
+                f"anomaly_score=('topk', {spec.k}): some images or patches have fewer than "
+                f"{spec.k} pixels in the region of interest; each is scored by the mean "
+                "error over all of its pixels. Lower k to compare like with like.",
+                UserWarning,
+                stacklevel=2,
+            )
         image = masked_topk_mean(pixel, roi, spec.k)
     elif spec.reduction == "mean":
         image = masked_mean(pixel, roi)
