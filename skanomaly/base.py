@@ -684,19 +684,20 @@ def _restore_training_state(state):
         param.requires_grad_(requires_grad)
 
 
-# Below this standard deviation inside the ROI (pixels in [0, 1]) an image has no
-# anatomy to judge: about a quarter of one 8-bit grey level.
-_FLAT_STD = 1e-3
+# Below this spread (max - min) inside the ROI, pixels in [0, 1], an image has no
+# anatomy to judge: about one 8-bit grey level.
+_FLAT_RANGE = 4e-3
 
 
 def _warn_if_flat(images, value_range):
     """Warn about images (or whole bags) with (almost) no contrast inside the ROI: a
-    blank or saturated film reconstructs perfectly and would score as most normal."""
+    blank or saturated film reconstructs perfectly and would score as most normal.
+
+    Min and max are reductions without temporaries (a standard deviation would copy
+    the scoring input several times on every call)."""
     per_image = images.reshape(images.shape[0], -1)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are refused earlier
-        spread = np.nanstd(per_image, axis=1) if value_range is not None else np.nanmax(per_image, axis=1) - np.nanmin(per_image, axis=1)
-    flat = np.flatnonzero(spread < (_FLAT_STD if value_range is not None else np.finfo(np.float32).tiny))
+    spread = np.fmax.reduce(per_image, axis=1) - np.fmin.reduce(per_image, axis=1)  # NaN-skipping
+    flat = np.flatnonzero(spread < (_FLAT_RANGE if value_range is not None else np.finfo(np.float32).tiny))
     if flat.size:
         shown = ", ".join(map(str, flat[:10])) + (" ..." if flat.size > 10 else "")
         warnings.warn(
