@@ -16,7 +16,7 @@ progressive GAN and a ResNet-50 encoder: a GPU job).
 On 64 px phantoms with 16 px patches and a GAN trained for 0.2 % of the paper's
 iterations, the detector separates nodules from normal anatomy only modestly (ROC AUC
 about 0.67, against about 0.84 for the small CAE of the patch-pipeline example); the
-printed figure is what it is. About a minute and a half on two cores.
+printed figure is what it is. About 70 seconds on two cores.
 """
 
 import tempfile

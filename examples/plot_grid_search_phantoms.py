@@ -53,8 +53,8 @@ search_idx, valid_idx = next(StratifiedGroupKFold(5, shuffle=True, random_state=
 # folds or in the refit. Two scores of the same network: the mean squared error over
 # the lungs, and the mean of the 5 worst pixels, which suits small lesions. Three folds,
 # a small network and a dozen epochs keep the example fast (each fold trains a
-# network: about 15 s on two idle cores); the learning rate anneals to zero, a skorch
-# callback.
+# network; the whole example takes about 15 s on two idle cores); the learning rate
+# anneals to zero, a skorch callback.
 pipe = make_pipeline(
     NormalOnly(),
     CAEDetector(channels=(16, 32, 64), augment=None, lr=2e-3, batch_size=16, max_epochs=12,

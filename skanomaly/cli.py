@@ -1,7 +1,8 @@
 """Command line of skanomaly: train, score and evaluate detectors on folders of images.
 
     skanomaly fit --detector VAEDetector --param max_epochs=20 --train normals/ --out model.skan
-    skanomaly score model.skan new_images/ --out scores.csv --maps maps/
+    skanomaly calibrate model.skan --data site_b_normals/
+    skanomaly score model.skan new_images/ --out scores.csv --maps maps/ --alpha 0.05
     skanomaly evaluate model.skan --data test/ --report report/
     skanomaly demo
 
@@ -64,6 +65,31 @@ def _positive_int(text):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _threshold_options(parser):
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--alpha", type=_fraction, metavar="A",
+        help="calibrated models: flag images whose conformal p-value is at most A (at "
+        "most an A share of normal images like the calibration images are flagged); "
+        "default: the model's alpha",
+    )
+    rule.add_argument(
+        "--fdr", type=_fraction, metavar="Q",
+        help="calibrated models: flag by Benjamini-Hochberg over all images of the run, "
+        "so that at most a Q share of the flagged images are expected to be normal",
+    )
 
 
 def _int(text):
@@ -175,7 +201,55 @@ def build_parser():
         "--size", type=_positive_int, metavar="N",
         help="resize every image to NxN when reading (needed when files differ in size)",
     )
+    fit.add_argument(
+        "--bits-stored", type=_positive_int, metavar="N",
+        help="the images are N-bit data in 16-bit files (e.g. 12): scale by 2**N - 1, not "
+        "65535; puts Rescale(bits_stored=N, container_bits=16) first in the model, so "
+        "score and evaluate need no option",
+    )
+    fit.add_argument(
+        "--calibration", type=_fraction, metavar="FRACTION",
+        help="hold out this share of the training images (e.g. 0.2) to calibrate "
+        "conformal p-values: 'score --alpha' then has a guaranteed false-alarm rate on "
+        "new normal images like these (see 'skanomaly calibrate')",
+    )
+    fit.add_argument(
+        "--alpha", type=_fraction, default=None, metavar="A",
+        help="with --calibration: the false-alarm rate the model flags at (default 0.05)",
+    )
     fit.add_argument("--key-file", metavar="FILE", help="sign the model with the secret in FILE")
+
+    calibrate = sub.add_parser(
+        "calibrate", parents=[common],
+        help="calibrate a model on normal images: conformal p-values, a guaranteed false-alarm rate",
+        description="Score normal images the model never trained on and keep their scores: "
+        "'score' and 'evaluate' then give each image a conformal p-value and flag those at "
+        "most --alpha, which flags at most an alpha share of new normal images like these "
+        "(same site, scanner and protocol). Recalibrate on a few dozen normal films of each "
+        "new site or acquisition period: the guarantee does not carry over a shift. The "
+        "model keeps its networks; only the calibration is replaced.",
+    )
+    calibrate.add_argument("model", help="model file written by 'skanomaly fit'")
+    calibrate.add_argument(
+        "--data", required=True, metavar="DIR_OR_CSV",
+        help="normal images not used in training: a folder, a NORMAL/-class layout (its "
+        "normal class is used) or a CSV",
+    )
+    calibrate.add_argument(
+        "--out", metavar="MODEL", help="model file to write (default: replace MODEL)"
+    )
+    calibrate.add_argument(
+        "--alpha", type=_fraction, default=None, metavar="A",
+        help="the false-alarm rate to flag at (default: the model's, else 0.05)",
+    )
+    calibrate.add_argument(
+        "--normal-class", default=NORMAL_CLASS, metavar="NAME",
+        help="the class folder (or CSV label) of normal images, any case (default: NORMAL)",
+    )
+    calibrate.add_argument(
+        "--key-file", metavar="FILE",
+        help="refuse a model not signed with the secret in FILE, and sign the output with it",
+    )
 
     score = sub.add_parser(
         "score", parents=[common], help="score image files with a model, write a CSV",
@@ -191,8 +265,8 @@ def build_parser():
     score.add_argument("--out", required=True, metavar="CSV", help="CSV file to write")
     score.add_argument(
         "--maps", metavar="DIR",
-        help="also write one anomaly-map overlay PNG per image into DIR (one colour scale "
-        "for all images of the run)",
+        help="also write one anomaly-map overlay PNG per image into DIR, at the image file's "
+        "own size, with a colour bar (one colour scale for all images of the run)",
     )
     score.add_argument(
         "--chunk-size", type=_positive_int, metavar="N",
@@ -202,6 +276,7 @@ def build_parser():
     score.add_argument(
         "--key-file", metavar="FILE", help="refuse a model not signed with this secret"
     )
+    _threshold_options(score)
 
     evaluate = sub.add_parser(
         "evaluate", parents=[common],
@@ -225,6 +300,7 @@ def build_parser():
     evaluate.add_argument(
         "--key-file", metavar="FILE", help="refuse a model not signed with this secret"
     )
+    _threshold_options(evaluate)
 
     demo = sub.add_parser(
         "demo", parents=[common],
@@ -480,6 +556,12 @@ def _build_spec(args):
         cls = step_table[_lookup(name, step_table, "step")]
         _check_params(cls, params, f"step {cls.__name__}")
         built_steps.append((cls, params))
+    if getattr(args, "bits_stored", None) is not None:
+        from .preprocessing import Rescale
+
+        if args.bits_stored > 16:
+            raise UsageError(f"--bits-stored {args.bits_stored}: image files hold at most 16 bits")
+        built_steps.insert(0, (Rescale, {"bits_stored": args.bits_stored, "container_bits": 16}))
     return built_steps, (det_cls, det_params), size
 
 
@@ -504,12 +586,32 @@ def _instantiate(cls, params, where):
     return estimator
 
 
+def _is_calibrated(estimator):
+    return hasattr(estimator, "calibration_scores_")
+
+
+def _scoring_model(model):
+    """What transforms and scores: the model, or the model a ConformalDetector wraps."""
+    return model.estimator_ if _is_calibrated(model) else model
+
+
+def _conformal_of(model):
+    """The model's ConformalDetector (at its root or as its last step), or None."""
+    if _is_calibrated(model):
+        return model
+    last = model.steps[-1][1] if hasattr(model, "steps") else None
+    return last if _is_calibrated(last) else None
+
+
 def _detector_of(model):
-    return model.steps[-1][1] if hasattr(model, "steps") else model
+    model = _scoring_model(model)
+    det = model.steps[-1][1] if hasattr(model, "steps") else model
+    return det.estimator_ if _is_calibrated(det) else det
 
 
 def _transform(model, X):
     """Run ``X`` through every step before the detector (samplers do nothing here)."""
+    model = _scoring_model(model)
     if not hasattr(model, "steps"):
         return X
     for _, step in model.steps[:-1]:
@@ -523,6 +625,7 @@ def _transform(model, X):
 
 def _input_shape(model):
     """``(H, W)`` the model was fitted on: that of its first step."""
+    model = _scoring_model(model)
     first = model.steps[0][1] if hasattr(model, "steps") else model
     for _, step in getattr(model, "steps", [(None, model)]):
         if hasattr(step, "image_shape_"):
@@ -650,18 +753,57 @@ def _gather(spec, what, normal_class=NORMAL_CLASS):
     raise UsageError(f"{what} '{spec}' does not exist")
 
 
-def _load(paths, size, args):
+def _load(paths, size, args, model=None, *, fitting=False):
+    import warnings
+
     from .datasets import load_images
 
     if args.verbosity:
         _info(args, f"Reading {_count(len(paths), 'image')} ...")
-    try:
-        return load_images(paths, size=size)
-    except ValueError as err:
-        message = _one_line(err)
-        if "differ in size" in message:
-            message = message.split(" Pass size=")[0] + " Pass --size N to resize them."
-        raise UsageError(message) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            images = load_images(paths, size=size)
+        except ValueError as err:
+            message = _one_line(err)
+            if "differ in size" in message:
+                message = message.split(" Pass size=")[0] + " Pass --size N to resize them."
+            raise UsageError(message) from None
+    low_bit = [w for w in caught if "looks like 10- or 12-bit data" in str(w.message)]
+    if low_bit and args.verbosity and not _rescales_low_bit_data(model):
+        largest = max(int(re.search(r"largest value is (\d+)", str(w.message)).group(1)) for w in low_bit)
+        bits = max(8, int(largest).bit_length())
+        advice = (
+            f"refit with --bits-stored {bits} (scales by {2**bits - 1}, kept in the model) or "
+            "--step Rescale (min-max per image)"
+            if not fitting
+            else f"pass --bits-stored {bits} (scales by {2**bits - 1}, kept in the model) or "
+            "--step Rescale (min-max per image)"
+        )
+        _info(
+            args,
+            f"Warning: {_count(len(low_bit), 'file')} of {len(paths)} hold 16-bit pixels no "
+            f"larger than {largest} (first: {_first_path(low_bit[0])}): {bits}-bit data, which "
+            f"divided by 65535 uses {100 * largest / 65535:.1f} % of [0, 1]; {advice}.",
+        )
+    for warning in caught:
+        if warning not in low_bit and args.verbosity:
+            _info(args, f"Warning: {_one_line(warning.message)}")
+    return images
+
+
+def _first_path(warning):
+    found = re.search(r"Image file '([^']*)'", str(warning.message))
+    return found.group(1) if found else "?"
+
+
+def _rescales_low_bit_data(model):
+    """Whether the model starts by undoing the 16-bit scaling of low-bit files."""
+    if model is None:
+        return False
+    model = _scoring_model(model)
+    steps = [s for _, s in getattr(model, "steps", [])]
+    return bool(steps) and getattr(steps[0], "container_bits", None) is not None
 
 
 def _read_key(path):
@@ -743,6 +885,15 @@ def _fit(args):
     detector = _instantiate(det_cls, det_params, det_cls.__name__)
     transformers = [_instantiate(cls, p, f"step {cls.__name__}") for cls, p in steps]
     model = make_pipeline(*transformers, detector) if transformers else detector
+    if args.alpha is not None and args.calibration is None:
+        raise UsageError("--alpha needs --calibration (the share of images to calibrate on)")
+    if args.calibration is not None:
+        from .conformal import ConformalDetector
+
+        model = ConformalDetector(
+            model, calibration=args.calibration, alpha=args.alpha or 0.05,
+            random_state=det_params["random_state"],
+        )
 
     with _Staging() as staging:
         tmp_model = staging.file(args.out, "--out")
@@ -761,7 +912,7 @@ def _fit(args):
                 f"images (label 0){rest}",
             )
             paths = normal
-        X = _load(paths, size, args)
+        X = _load(paths, size, args, getattr(model, "estimator", model), fitting=True)
         if X.shape[0] < 2:
             raise UsageError(f"--train '{args.train}' has {X.shape[0]} image; need at least 2")
         _info(args, f"Model: {model}", level=2)
@@ -769,10 +920,15 @@ def _fit(args):
         # ETA, loss terms) through the detector's own verbose output.
         verbose_param = detector.verbose
         detector.set_params(verbose=max(int(verbose_param), 1) if args.verbosity else 0)
+        held_out = ""
+        if args.calibration is not None:
+            n_cal = _calibration_count(args.calibration, X.shape[0])
+            held_out = f", holding out {n_cal} to calibrate"
         _info(
             args,
             f"Training {det_cls.__name__} on {X.shape[0]} images of {X.shape[1]}x{X.shape[2]} "
-            f"px{' behind ' + ', '.join(c.__name__ for c, _ in steps) if steps else ''} ...",
+            f"px{' behind ' + ', '.join(c.__name__ for c, _ in steps) if steps else ''}"
+            f"{held_out} ...",
         )
         start = time.perf_counter()
         try:
@@ -780,36 +936,138 @@ def _fit(args):
         except ValueError as err:
             raise UsageError(f"training failed: {_one_line(err)}") from None
         seconds = time.perf_counter() - start
+        if args.calibration is not None:
+            # The fitted clone is what is saved; the given detector was never trained.
+            detector = _detector_of(model)
         # Progress only shapes the output; the saved file holds the given parameters.
         detector.set_params(verbose=verbose_param)
         try:
             save_model(model, tmp_model, key=key)
         except (ValueError, TypeError) as err:
             raise UsageError(f"cannot save the model: {_one_line(err)}") from None
+    threshold = (
+        _operating_point(model) if args.calibration is not None
+        else f"threshold offset_ = {detector.offset_:.6g}"
+    )
+    _info(args, f"Trained in {seconds:.1f} s; {threshold}. Wrote {args.out}")
+    return 0
+
+
+def _calibration_count(calibration, n):
+    """Images ShuffleSplit holds out for a fraction ``calibration`` of ``n``."""
+    import math
+
+    return math.ceil(calibration * n)
+
+
+def _operating_point(conformal):
+    """One line: the calibrated rule the model flags by."""
+    n = conformal.n_calibration_
+    if conformal.fdr is not None:
+        return (
+            f"flags by Benjamini-Hochberg at FDR {conformal.fdr:g} over each run's images "
+            f"(conformal p-values from {_count(n, 'calibration image')})"
+        )
+    cut = conformal.offset_
+    rule = f"score below {cut:.6g}" if cut > float("-inf") else "no image (alpha below 1/(n+1))"
+    return (
+        f"flags p-value <= alpha = {conformal.alpha:g} ({rule}; "
+        f"{_count(n, 'calibration image')}, smallest p-value 1/{n + 1})"
+    )
+
+
+def _apply_threshold_options(args, model):
+    """Set --alpha / --fdr on the model's ConformalDetector; refuse them without one."""
+    conformal = _conformal_of(model)
+    if conformal is None:
+        if args.alpha is not None or args.fdr is not None:
+            option = "--alpha" if args.alpha is not None else "--fdr"
+            raise UsageError(
+                f"{option} needs a calibrated model, and '{args.model}' has no calibration: run "
+                f"'skanomaly calibrate {args.model} --data NORMAL_IMAGES' first (normal "
+                "images the model did not train on), or fit with --calibration 0.2"
+            )
+        return None
+    if args.alpha is not None:
+        conformal.set_params(alpha=args.alpha, fdr=None)
+    elif args.fdr is not None:
+        conformal.set_params(fdr=args.fdr)
+    if conformal.fdr is None:
+        conformal._warn_if_alpha_unreachable()
+    return conformal
+
+
+def _calibrate(args):
+    from .conformal import ConformalDetector
+    from .io import save_model
+
+    model = _load_model(args)
+    key = _read_key(args.key_file)
+    inner = _scoring_model(model)
+    previous = _conformal_of(model)
+    if previous is not None and previous is not model:
+        raise UsageError(
+            f"'{args.model}' ends in a ConformalDetector inside its pipeline; calibrate it "
+            "with ConformalDetector.calibrate in Python"
+        )
+    alpha = args.alpha or (previous.alpha if previous is not None else 0.05)
+    with _Staging() as staging:
+        tmp_model = staging.file(args.out or args.model, "--out")
+        paths, labels = _gather(args.data, "--data", args.normal_class)
+        if labels is not None:
+            normal = [p for p, y in zip(paths, labels) if y == 0]
+            if not normal:
+                raise UsageError(f"--data '{args.data}' has labels but no normal (label 0) images")
+            if len(normal) < len(paths):
+                _info(
+                    args,
+                    f"--data {args.data} is labelled: calibrating on its {len(normal)} normal "
+                    f"images, leaving out {len(paths) - len(normal)} abnormal ones.",
+                )
+            paths = normal
+        X = _load(paths, _input_shape(model), args, model)
+        start = time.perf_counter()
+        conformal = ConformalDetector(inner, calibration="prefit", alpha=alpha)
+        try:
+            conformal.fit(X)
+        except ValueError as err:
+            raise UsageError(f"calibration failed: {_one_line(err)}") from None
+        seconds = time.perf_counter() - start
+        try:
+            save_model(conformal, tmp_model, key=key)
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"cannot save the model: {_one_line(err)}") from None
     _info(
         args,
-        f"Trained in {seconds:.1f} s; threshold offset_ = {detector.offset_:.6g}. "
-        f"Wrote {args.out}",
+        f"Calibrated on {_count(X.shape[0], 'normal image')} in {seconds:.1f} s; the model "
+        f"{_operating_point(conformal)}. Wrote {args.out or args.model}",
     )
     return 0
 
 
 def _score_table(model, X, want_maps):
-    """Scores, decisions, predictions (and maps) with one pass through the steps."""
+    """Scores, decisions, predictions, conformal p-values (None for an uncalibrated
+    model) and maps, with one pass through the steps."""
     import numpy as np
 
     det = _detector_of(model)
     Xt = _transform(model, X)
     scores = det.score_samples(Xt)
-    decision = scores - det.offset_
-    prediction = np.where(decision < 0, -1, 1)
+    conformal = _conformal_of(model)
+    if conformal is None:
+        decision = scores - det.offset_
+        prediction = np.where(decision < 0, -1, 1)
+        pvalues = None
+    else:
+        decision = scores - conformal.offset_
+        prediction = conformal.predict_from_scores(scores)
+        pvalues = conformal.pvalues_of_scores(scores)
     maps = _maps_for(model, Xt, X.shape[1:]) if want_maps else None
-    return scores, decision, prediction, maps
+    return scores, decision, prediction, pvalues, maps
 
 
 def _maps_for(model, Xt, image_shape):
     """Anomaly maps of transformed images, brought back to ``image_shape``."""
-    import cv2
     import numpy as np
 
     det = _detector_of(model)
@@ -825,15 +1083,22 @@ def _maps_for(model, Xt, image_shape):
         else:
             maps = extractor.inverse_transform(maps)
     if maps.shape[1:] != tuple(image_shape):
-        h, w = image_shape
-        resized = np.empty((maps.shape[0], h, w), dtype=np.float32)
-        for i, m in enumerate(maps):
-            linear = cv2.INTER_LINEAR
-            valid = cv2.resize(np.isfinite(m).astype(np.float32), (w, h), interpolation=linear)
-            values = cv2.resize(np.nan_to_num(m).astype(np.float32), (w, h), interpolation=linear)
-            resized[i] = np.where(valid > 0.5, values / np.maximum(valid, 1e-6), np.nan)
-        maps = resized
+        maps = np.stack([_resize_map(m, image_shape) for m in maps])
     return maps
+
+
+def _resize_map(amap, shape):
+    """An anomaly map at ``shape`` (H, W): bilinear, NaN where it was mostly NaN."""
+    import cv2
+    import numpy as np
+
+    if amap.shape == tuple(shape):
+        return amap
+    h, w = shape
+    linear = cv2.INTER_LINEAR
+    valid = cv2.resize(np.isfinite(amap).astype(np.float32), (w, h), interpolation=linear)
+    values = cv2.resize(np.nan_to_num(amap).astype(np.float32), (w, h), interpolation=linear)
+    return np.where(valid > 0.5, values / np.maximum(valid, 1e-6), np.nan).astype(np.float32)
 
 
 def _map_range(maps):
@@ -846,14 +1111,23 @@ def _map_range(maps):
     return float(low), float(high)
 
 
-def _write_maps(folder, names, images, maps):
+def _write_maps(folder, names, paths, maps):
+    """One overlay per file, at the file's own size, with a colour bar; one colour
+    range for all files of the run, so that their colours compare."""
+    import warnings
+
     from PIL import Image
 
-    from .plotting import overlay_anomaly_map
+    from .datasets import read_image
+    from .plotting import add_colour_bar, overlay_anomaly_map
 
     vmin, vmax = _map_range(maps)
-    for name, image, amap in zip(names, images, maps):
-        Image.fromarray(overlay_anomaly_map(image, amap, vmin=vmin, vmax=vmax)).save(folder / name)
+    for name, path, amap in zip(names, paths, maps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reading the files again: said when loading
+            source = read_image(path)
+        overlay = overlay_anomaly_map(source, _resize_map(amap, source.shape), vmin=vmin, vmax=vmax)
+        Image.fromarray(add_colour_bar(overlay, vmin, vmax)).save(folder / name)
 
 
 def _map_names(paths):
@@ -889,28 +1163,42 @@ def _score_paths(specs):
 
 def _score(args):
     model = _load_model(args)
+    conformal = _apply_threshold_options(args, model)
     with _Staging() as staging:
         tmp_csv = staging.file(args.out, "--out")
         tmp_maps = staging.folder(args.maps, "--maps") if args.maps else None
         paths = _score_paths(args.images)
         if args.chunk_size is not None:
+            if conformal is not None and conformal.fdr is not None:
+                raise UsageError(
+                    "--chunk-size scores a chunk at a time, but Benjamini-Hochberg (--fdr, or "
+                    "the model's fdr) ranks all images together: use --alpha, or leave out "
+                    "--chunk-size"
+                )
             return _score_in_chunks(args, model, paths, tmp_csv)
-        X = _load(paths, _input_shape(model), args)
+        X = _load(paths, _input_shape(model), args, model)
         start = time.perf_counter()
         try:
-            scores, decision, prediction, maps = _score_table(model, X, tmp_maps is not None)
+            scores, decision, prediction, pvalues, maps = _score_table(
+                model, X, tmp_maps is not None
+            )
         except ValueError as err:
             raise UsageError(f"scoring failed: {_one_line(err)}") from None
         seconds = time.perf_counter() - start
         header = ["path", "score", "decision", "prediction"]
         columns = [[str(p) for p in paths], scores.tolist(), decision.tolist(), prediction.tolist()]
+        if pvalues is not None:
+            header.append("pvalue")
+            columns.append(pvalues.tolist())
         if maps is not None:
             names = _map_names(paths)
-            _write_maps(tmp_maps, names, X, maps)
+            _write_maps(tmp_maps, names, paths, maps)
             header.append("map")
             columns.append(names)
         _write_csv(tmp_csv, header, zip(*columns))
     flagged = int((prediction == -1).sum())
+    if conformal is not None:
+        _info(args, f"The model {_operating_point(conformal)}.")
     _info(
         args,
         f"Scored {_count(len(paths), 'image')} in {seconds:.1f} s; {flagged} flagged abnormal "
@@ -952,6 +1240,7 @@ def _evaluate(args):
     from .metrics import anomaly_roc_auc
 
     model = _load_model(args)
+    conformal = _apply_threshold_options(args, model)
     with _Staging() as staging:
         tmp_report = staging.folder(args.report, "--report") if args.report else None
         paths, labels = _gather(args.data, "--data", args.normal_class)
@@ -964,15 +1253,16 @@ def _evaluate(args):
         if y.min() == y.max():
             which = "normal" if y[0] == 0 else "abnormal"
             raise UsageError(f"--data '{args.data}' holds only {which} images; need both classes")
-        X = _load(paths, _input_shape(model), args)
+        X = _load(paths, _input_shape(model), args, model)
         start = time.perf_counter()
         try:
-            scores, decision, prediction, _ = _score_table(model, X, False)
+            scores, decision, prediction, pvalues, _ = _score_table(model, X, False)
         except ValueError as err:
             raise UsageError(f"scoring failed: {_one_line(err)}") from None
         seconds = time.perf_counter() - start
         flagged = prediction == -1
         det = _detector_of(model)
+        threshold = float(det.offset_ if conformal is None else conformal.offset_)
         report = {
             "model": str(args.model),
             "data": str(args.data),
@@ -981,7 +1271,7 @@ def _evaluate(args):
             "n_abnormal": int((y == 1).sum()),
             "roc_auc": anomaly_roc_auc(y, scores),
             "average_precision": float(average_precision_score(y, -scores)),
-            "threshold": float(det.offset_),
+            "threshold": threshold,
             "sensitivity": float(flagged[y == 1].mean()),
             "specificity": float(1 - flagged[y == 0].mean()),
             "true_positives": int((flagged & (y == 1)).sum()),
@@ -992,34 +1282,85 @@ def _evaluate(args):
             "labels": f"folder {NORMAL_CLASS} (any case) or label 0 = normal; any other "
             "class = abnormal",
         }
+        if conformal is not None:
+            report["operating_point"] = _conformal_report(conformal, y, flagged)
         if tmp_report is not None:
             (tmp_report / "report.json").write_text(json.dumps(report, indent=2))
-            _write_csv(
-                tmp_report / "scores.csv",
-                ["path", "label", "score", "decision", "prediction"],
-                zip(
-                    [str(p) for p in paths], y.tolist(), scores.tolist(), decision.tolist(),
-                    prediction.tolist(),
-                ),
-            )
+            header = ["path", "label", "score", "decision", "prediction"]
+            columns = [
+                [str(p) for p in paths], y.tolist(), scores.tolist(), decision.tolist(),
+                prediction.tolist(),
+            ]
+            if pvalues is not None:
+                header.append("pvalue")
+                columns.append(pvalues.tolist())
+            _write_csv(tmp_report / "scores.csv", header, zip(*columns))
             _report_figure(
-                tmp_report / "report.png", model, X, y, scores, det.offset_, paths,
+                tmp_report / "report.png", model, X, y, scores, threshold, flagged, paths,
                 title=f"{Path(args.model).name} on {Path(args.data).name}",
             )
     print(
         f"ROC AUC {report['roc_auc']:.4f}  average precision {report['average_precision']:.4f}  "
         f"({report['n_normal']} normal, {report['n_abnormal']} abnormal)"
     )
-    print(
-        f"At the model's threshold (offset_ = {report['threshold']:.6g}): sensitivity "
-        f"{report['sensitivity']:.3f}, specificity {report['specificity']:.3f}"
-    )
+    if conformal is None:
+        print(
+            f"At the model's threshold (offset_ = {report['threshold']:.6g}): sensitivity "
+            f"{report['sensitivity']:.3f}, specificity {report['specificity']:.3f}"
+        )
+    else:
+        point = report["operating_point"]
+        low, high = point["false_alarm_rate_95ci"]
+        target = (
+            f"FDR {point['fdr']:g}: false-discovery proportion "
+            f"{point['false_discovery_proportion']:.3f}"
+            if point["rule"] == "benjamini-hochberg"
+            else f"alpha = {point['alpha']:g}"
+        )
+        print(
+            f"Calibrated ({_count(point['n_calibration'], 'calibration image')}), {target}: "
+            f"false-alarm rate {point['false_alarm_rate']:.3f} on "
+            f"{_count(report['n_normal'], 'normal image')} (95% CI {low:.3f}-{high:.3f}), "
+            f"sensitivity {report['sensitivity']:.3f}"
+        )
+        if point["rule"] == "alpha" and low > point["alpha"]:
+            print(
+                f"The false-alarm rate is above alpha beyond chance: these normal images are "
+                f"not like the calibration images (another site, scanner or period?). "
+                f"Recalibrate on normal images of this data: 'skanomaly calibrate "
+                f"{args.model} --data NORMAL_IMAGES'."
+            )
     if args.report:
         _info(args, f"Wrote {Path(args.report) / 'report.json'}, report.png and scores.csv")
     return 0
 
 
-def _report_figure(path, model, X, y, scores, offset, paths, *, title, n_worst=8):
+def _conformal_report(conformal, y, flagged):
+    """The calibrated operating point and what it did on labelled images."""
+    from scipy.stats import binomtest
+
+    normal_flagged = int((flagged & (y == 0)).sum())
+    n_normal = int((y == 0).sum())
+    interval = binomtest(normal_flagged, n_normal).proportion_ci(confidence_level=0.95)
+    n_flagged = int(flagged.sum())
+    return {
+        "rule": "alpha" if conformal.fdr is None else "benjamini-hochberg",
+        "alpha": float(conformal.alpha),
+        "fdr": None if conformal.fdr is None else float(conformal.fdr),
+        "n_calibration": int(conformal.n_calibration_),
+        "smallest_pvalue": 1.0 / (conformal.n_calibration_ + 1),
+        "false_alarm_rate": normal_flagged / n_normal,
+        "false_alarm_rate_95ci": [float(interval.low), float(interval.high)],
+        "false_discovery_proportion": (
+            float((flagged & (y == 0)).sum() / n_flagged) if n_flagged else 0.0
+        ),
+        "guarantee": "at most alpha of normal images flagged, in expectation over the "
+        "calibration set, for normal images exchangeable with the calibration images (same "
+        "site, scanner, protocol); with fdr, Benjamini-Hochberg over this run's images",
+    }
+
+
+def _report_figure(path, model, X, y, scores, offset, flagged, paths, *, title, n_worst=8):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1039,7 +1380,6 @@ def _report_figure(path, model, X, y, scores, offset, paths, *, title, n_worst=8
     ax = fig.add_subplot(grid[0, :half])
     fpr, tpr, _ = roc_curve(y, -scores)
     ax.plot(fpr, tpr, color="C0", label=f"AUC {roc_auc_score(y, -scores):.3f}")
-    flagged = scores - offset < 0
     ax.plot(
         flagged[y == 0].mean(), flagged[y == 1].mean(), "o", color="C3", label="model threshold"
     )
@@ -1179,12 +1519,15 @@ def _demo(args):
     if args.verbosity:
         print(
             f"Wrote {out / 'cae_phantoms.safetensors'} (safe format), "
-            f"{out / 'cae_phantoms.joblib'}, {out / 'anomaly_maps.png'}"
+            f"{out / 'cae_phantoms.joblib'}, {out / 'anomaly_maps.png'} and "
+            f"{out / 'demo_report.json'}"
         )
     return 0
 
 
-_COMMANDS = {"fit": _fit, "score": _score, "evaluate": _evaluate, "demo": _demo}
+_COMMANDS = {
+    "fit": _fit, "calibrate": _calibrate, "score": _score, "evaluate": _evaluate, "demo": _demo,
+}
 
 
 def _exit_cleanly_on_sigterm():

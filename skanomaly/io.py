@@ -7,7 +7,8 @@ pickle from someone else is a security risk. :func:`save_model` writes a single
 weights as tensors, and the classes, hyperparameters and fitted attributes as JSON in
 its header. It saves a detector, or a whole :class:`sklearn.pipeline.Pipeline` /
 :class:`imblearn.pipeline.Pipeline` (``make_pipeline``) of the package's transformers,
-samplers and detectors. :func:`load_model` only reads numbers and JSON and rebuilds
+samplers and detectors, or a :class:`~skanomaly.conformal.ConformalDetector` around
+either (with its calibration scores). :func:`load_model` only reads numbers and JSON and rebuilds
 the estimators from a fixed registry of classes (:func:`supported_classes`), after
 validating every step's parameters and fitted attributes and checking every tensor's
 name, shape and dtype against the networks those parameters build (on torch's meta
@@ -33,7 +34,10 @@ when signed, ``hmac_sha256`` (of that digest). The header is one node::
 
 or, for a pipeline, ``{"class": "sklearn.pipeline.Pipeline", "params": {"verbose":
 false, ...}, "steps": [[name, node | "passthrough" | null], ...]}`` (nested nodes
-carry no version). Tuples, non-finite floats and numpy ufuncs are tagged
+carry no version); a :class:`~skanomaly.conformal.ConformalDetector` is
+``{"class": ..., "params": {...}, "estimator": node, "fitted": {"calibration_scores_":
+[...], "n_calibration_": n}}``, its detector's tensors named as if it stood alone.
+Tuples, non-finite floats and numpy ufuncs are tagged
 (``{"__tuple__": [...]}``, ``{"__float__": "nan"}``, ``{"__ufunc__": "log1p"}``). The
 tensors of the detector at step ``i`` of the root pipeline are named
 ``"i/<module>.<tensor>"`` (``"i/j/..."`` for nested pipelines); those of a single
@@ -71,6 +75,7 @@ _READABLE_VERSIONS = ("1", "2")
 _MAX_DEPTH = 8  # pipelines nested in pipelines
 _MAX_STEPS = 256
 _MAX_PATCHES = 2**22  # PatchExtractor grid positions (64 MB of coordinates)
+_MAX_CALIBRATION_SCORES = 2**22  # ConformalDetector's calibration set (32 MB of scores)
 
 # Element-wise numpy ufuncs a FunctionTransformer may hold: saved by name, looked up in
 # numpy on load, so the file names a function but never carries one.
@@ -124,6 +129,9 @@ def _registry():
         is_class = isinstance(obj, type) and issubclass(obj, BaseEstimator)
         if is_class and hasattr(obj, "fit_resample"):
             registry[f"skanomaly.model_selection.{name}"] = (obj, "sampler")
+    from .conformal import ConformalDetector
+
+    registry["skanomaly.conformal.ConformalDetector"] = (ConformalDetector, "wrapper")
     registry["sklearn.pipeline.Pipeline"] = (Pipeline, "pipeline")
     registry["imblearn.pipeline.Pipeline"] = (ImbPipeline, "pipeline")
     registry["sklearn.preprocessing.FunctionTransformer"] = (FunctionTransformer, "function")
@@ -165,6 +173,7 @@ def _supported_message(registry):
     )
     return (
         f"{text}; sklearn or imblearn Pipeline (make_pipeline) of those; "
+        "skanomaly.conformal.ConformalDetector around a detector or pipeline; "
         "'passthrough' / None steps; FunctionTransformer holding a numpy ufunc (np.log1p, ...)"
     )
 
@@ -283,6 +292,8 @@ def save_model(estimator, path, *, key=None):
         plain data (``callbacks``, a ``RandomState`` instance) are saved as ``None``,
         with a warning: they only matter for training; so is a pipeline's ``memory``.
         Samplers act only in ``fit`` and are saved with their parameters, unfitted.
+        A fitted :class:`~skanomaly.conformal.ConformalDetector` around any of
+        these is saved with its calibration scores.
     path : str or path-like
         Destination, conventionally ending in ``.safetensors``. The file is written to
         a temporary name and moved into place, so a failure leaves nothing behind.
@@ -402,6 +413,9 @@ def _check_supported(estimator, by_class, registry, label, depth):
         )
     if entry[1] in ("transformer", "function"):
         _check_content(estimator, label)
+    if entry[1] == "wrapper":
+        inner = getattr(estimator, "estimator_", estimator.estimator)
+        _check_supported(inner, by_class, registry, f"{label} > estimator", depth + 1)
     if entry[1] == "pipeline":
         if depth >= _MAX_DEPTH:
             raise ValueError(f"save_model: {label} nests pipelines more than {_MAX_DEPTH} deep.")
@@ -476,11 +490,23 @@ def _describe(estimator, by_class, label, prefix, tensors, dropped):
                 steps.append([name, step])
                 continue
             step_label = _step_label(label, name)
-            if by_class[type(step)][1] in ("detector", "transformer"):
+            if by_class[type(step)][1] in ("detector", "transformer", "wrapper"):
                 check_is_fitted(step)
             node = _describe(step, by_class, step_label, f"{prefix}{i}/", tensors, dropped)
             steps.append([name, node])
         return {"class": qualname, "params": params, "steps": steps}
+    if kind == "wrapper":
+        # ConformalDetector: the fitted detector (or pipeline) it wraps, under the same
+        # tensor prefix (it holds exactly one), and the calibration scores.
+        params = _strict_params(estimator, label, skip=("estimator",))
+        inner = _describe(
+            estimator.estimator_, by_class, f"{label} > estimator", prefix, tensors, dropped
+        )
+        fitted = {
+            "calibration_scores_": [float(s) for s in estimator.calibration_scores_],
+            "n_calibration_": int(estimator.n_calibration_),
+        }
+        return {"class": qualname, "params": params, "estimator": inner, "fitted": fitted}
     if kind == "detector":
         params = {}
         for name, value in estimator.get_params(deep=False).items():
@@ -719,6 +745,8 @@ class _Loader:
                 f"{', '.join(sorted(self.registry))}."
             )
         allowed = {"class", "params", "steps" if kind == "pipeline" else "fitted"}
+        if kind == "wrapper":
+            allowed.add("estimator")
         if kind == "transformer" and "weights" in inspect.signature(cls.__init__).parameters:
             allowed.add("weights_sha256")
         extra = sorted(set(node) - allowed)
@@ -730,6 +758,8 @@ class _Loader:
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
         if kind == "pipeline":
             known -= {"steps"}
+        if kind == "wrapper":
+            known -= {"estimator"}
         unknown = sorted(set(raw) - known)
         if unknown:
             self.fail(
@@ -827,6 +857,8 @@ class _Loader:
             if step is None or shape_preserving or hasattr(step, "fit_resample"):
                 continue  # shape-preserving: passthrough, element-wise ufuncs, samplers
             step_label = _step_label(label, name)
+            while hasattr(step, "calibration_scores_"):  # ConformalDetector: its detector's size
+                step = step.estimator_
             if isinstance(step, Pipeline):
                 previous = None  # not followed into nested pipelines
                 continue
@@ -842,6 +874,30 @@ class _Loader:
             if max(out) > 2**16:
                 self.fail(step_label, type(step).__name__, f"would make {out[0]}x{out[1]} images")
             previous = (step_label, out)
+
+    def _wrapper(self, cls, params, node, label, prefix, depth):
+        if depth >= _MAX_DEPTH:
+            self.fail(label, cls.__name__, f"estimators nested more than {_MAX_DEPTH} deep")
+        inner = self.node(node.get("estimator"), f"{label} > estimator", prefix, depth + 1)
+        wrapper = self._validated(cls, {**params, "estimator": inner}, label)
+        state, bad = node.get("fitted"), "invalid fitted state in the model file"
+        if not isinstance(state, dict) or set(state) != {"calibration_scores_", "n_calibration_"}:
+            self.fail(label, cls.__name__, bad)
+        scores, n = state["calibration_scores_"], state["n_calibration_"]
+        if not isinstance(scores, list) or not 1 <= len(scores) <= _MAX_CALIBRATION_SCORES:
+            self.fail(label, cls.__name__, f"{bad}: 1 to {_MAX_CALIBRATION_SCORES} calibration scores")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+            self.fail(label, cls.__name__, f"{bad}: calibration scores must be numbers")
+        scores = np.asarray(scores, dtype=np.float64)
+        if not np.all(np.isfinite(scores)) or np.any(np.diff(scores) < 0) or n != scores.size:
+            self.fail(label, cls.__name__, f"{bad}: calibration scores finite, sorted, n_calibration_ of them")
+        wrapper.estimator_ = inner
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(inner, name):
+                setattr(wrapper, name, getattr(inner, name))
+        wrapper.calibration_scores_ = scores
+        wrapper.n_calibration_ = int(n)
+        return wrapper
 
     def _detector(self, cls, params, node, label, prefix, depth):
         if params.get("memory") is not None:

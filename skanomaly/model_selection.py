@@ -194,8 +194,10 @@ class NormalOnly(BaseSampler):
         if normal.size == 0:
             raise ValueError(
                 f"NormalOnly: y marks all {labels.size} images abnormal, so no image is "
-                "left to train on. Check the labels (0 = normal, 1 = abnormal) and that "
-                "every training fold holds normal images."
+                "left to train on. Check the labels (0 = normal, 1 = abnormal). In a grid "
+                "search, a training fold without normal images fails alone and the search "
+                "goes on with a NaN score: use a stratified splitter (StratifiedGroupKFold), "
+                "or wrap yours in OneClassSplit, which refuses such a fold before any fit."
             )
         self.n_normal_ = int(normal.size)
         self.n_abnormal_ = int(labels.size - normal.size)
@@ -223,6 +225,12 @@ class OneClassSplit:
     part is unchanged. An int means
     :class:`~sklearn.model_selection.StratifiedKFold`, so that every validation part
     holds abnormal images.
+
+    Every training part must hold a normal image; a fold without one is refused when
+    the folds are made, which ``GridSearchCV`` does before it fits anything (it would
+    otherwise fit and score that fold as NaN and carry on). That check is worth having
+    with :class:`NormalOnly` pipelines too, with splitters that are not stratified
+    (``KFold`` on data sorted by label, ``GroupKFold``).
 
     .. warning::
        ``GridSearchCV`` and ``RandomizedSearchCV`` *refit* on all of ``X``, which no
@@ -282,7 +290,8 @@ class OneClassSplit:
             if normal.size == 0:
                 raise ValueError(
                     f"OneClassSplit: the training part of fold {i} holds no normal image "
-                    "(y == 0), so a detector has nothing to train on."
+                    "(y == 0), so a detector has nothing to train on. Use a stratified "
+                    "splitter (StratifiedKFold, StratifiedGroupKFold), or shuffle."
                 )
             yield normal, np.asarray(validation)
 
@@ -575,13 +584,61 @@ def _deepcopy(estimator):
 
 
 def _estimator_has(attr):
+    """For ``available_if``: the fitted ``estimator_``, else ``estimator``, has ``attr``."""
+
     def check(self):
         return hasattr(self.estimator_ if hasattr(self, "estimator_") else self.estimator, attr)
 
     return check
 
 
-class ThresholdTuner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
+class _WrappedDetectorMixin:
+    """What a meta-detector around ``estimator`` (fitted as ``estimator_``) passes
+    through unchanged: scores, maps and the input tags. Shared by
+    :class:`ThresholdTuner` and :class:`skanomaly.conformal.ConformalDetector`,
+    which differ only in how they set the cut-off."""
+
+    def score_samples(self, X):
+        """Normality scores of the fitted detector (higher = more normal).
+
+        Parameters
+        ----------
+        X : array-like
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        return self.estimator_.score_samples(X)
+
+    @available_if(_estimator_has("anomaly_map"))
+    def anomaly_map(self, X):
+        """The fitted detector's per-pixel anomaly maps.
+
+        Parameters
+        ----------
+        X : array-like
+
+        Returns
+        -------
+        maps : ndarray
+        """
+        check_is_fitted(self)
+        return self.estimator_.anomaly_map(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            inner = get_tags(self.estimator)
+        except Exception:  # an invalid estimator parameter; fit will say so
+            return tags
+        tags.input_tags = copy.deepcopy(inner.input_tags)
+        tags.non_deterministic = inner.non_deterministic
+        return tags
+
+
+class ThresholdTuner(_WrappedDetectorMixin, MetaEstimatorMixin, OutlierMixin, BaseEstimator):
     """A detector whose cut-off (``offset_``) is chosen on validation data.
 
     The one-class counterpart of scikit-learn's
@@ -768,20 +825,6 @@ class ThresholdTuner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         cv = check_cv(self.cv, labels, classifier=True)
         return [(np.asarray(tr), np.asarray(va)) for tr, va in cv.split(np.zeros(n), labels, groups)]
 
-    def score_samples(self, X):
-        """Normality scores of the fitted detector (higher = more normal).
-
-        Parameters
-        ----------
-        X : array-like
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self)
-        return self.estimator_.score_samples(X)
-
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for outliers.
 
@@ -808,30 +851,5 @@ class ThresholdTuner(MetaEstimatorMixin, OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    @available_if(_estimator_has("anomaly_map"))
-    def anomaly_map(self, X):
-        """The fitted detector's per-pixel anomaly maps.
-
-        Parameters
-        ----------
-        X : array-like
-
-        Returns
-        -------
-        maps : ndarray
-        """
-        check_is_fitted(self)
-        return self.estimator_.anomaly_map(X)
-
     def __sklearn_is_fitted__(self):
         return hasattr(self, "offset_")
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        try:
-            inner = get_tags(self.estimator)
-        except Exception:  # an invalid estimator parameter; fit will say so
-            return tags
-        tags.input_tags = copy.deepcopy(inner.input_tags)
-        tags.non_deterministic = inner.non_deterministic
-        return tags

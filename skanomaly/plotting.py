@@ -2,7 +2,7 @@
 
 import numpy as np
 
-__all__ = ["plot_anomaly_overlays", "overlay_anomaly_map"]
+__all__ = ["plot_anomaly_overlays", "overlay_anomaly_map", "add_colour_bar"]
 
 
 def plot_anomaly_overlays(
@@ -109,3 +109,59 @@ def overlay_anomaly_map(image, anomaly_map, *, vmin=None, vmax=None, alpha=0.5, 
     weight = np.where(finite, alpha, 0.0)[..., None]
     rgb = (1 - weight) * gray + weight * colours
     return np.round(255 * rgb).astype(np.uint8)
+
+
+def add_colour_bar(rgb, vmin, vmax, *, cmap="inferno", label="anomaly"):
+    """Append a vertical colour bar with its range to an overlay (for PNG files).
+
+    The bar is drawn in pixels, without a figure, so that one overlay per file keeps
+    the image's own size and the bar's labels stay legible at any size.
+
+    Parameters
+    ----------
+    rgb : ndarray of shape (H, W, 3), dtype uint8
+        An overlay from :func:`overlay_anomaly_map`.
+    vmin, vmax : float
+        The colour range the overlay was drawn with.
+    cmap : str, default="inferno"
+    label : str, default="anomaly"
+
+    Returns
+    -------
+    rgb : ndarray of shape (H, W + bar width, 3), dtype uint8
+        The bar's top is ``vmax``'s colour, its bottom ``vmin``'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.plotting import add_colour_bar, overlay_anomaly_map
+    >>> rgb = overlay_anomaly_map(np.full((64, 64), 0.5), np.eye(64), vmin=0, vmax=1)
+    >>> add_colour_bar(rgb, 0, 1).shape[:2]
+    (64, 108)
+    """
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    rgb = np.asarray(rgb)
+    height = rgb.shape[0]
+    font_size = int(np.clip(height // 20, 8, 28))
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    texts = [f"{vmax:.3g}", f"{vmin:.3g}", label]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(measure.textbbox((0, 0), t, font=font)[2] for t in texts)
+    bar_width = max(6, font_size)
+    margin = max(2, font_size // 3)
+    panel = Image.new("RGB", (3 * margin + bar_width + text_width, height), (255, 255, 255))
+    ramp = np.linspace(1, 0, height)[:, None].repeat(bar_width, axis=1)
+    colours = np.round(255 * matplotlib.colormaps[cmap](ramp)[..., :3]).astype(np.uint8)
+    panel.paste(Image.fromarray(colours), (margin, 0))
+    draw = ImageDraw.Draw(panel)
+    x = 2 * margin + bar_width
+    draw.text((x, 0), texts[0], fill=(0, 0, 0), font=font)
+    draw.text((x, height - font_size - margin), texts[1], fill=(0, 0, 0), font=font)
+    if height > 4 * font_size:
+        draw.text((x, height // 2 - font_size // 2), label, fill=(90, 90, 90), font=font)
+    return np.concatenate([rgb, np.asarray(panel)], axis=1)

@@ -35,6 +35,7 @@ CLI_PARAMS = {
     "CAEDetector": CAE_PARAMS,
     "VAEDetector": _params(channels="4,8", latent_dim=4, max_epochs=2),
     "AnoGANDetector": _params(channels="4,8", latent_dim=4, max_epochs=2, n_search_steps=3),
+    "OneClassAdversarialDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
     "FAnoGANDetector": _params(encoder="critic", gan_channels="4,4,4,4", latent_dim=4, gan_iterations=6,
                                max_epochs=2),
 }
@@ -47,6 +48,9 @@ def test_demo_trains_reports_and_writes_model_and_figure(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads((out / "demo_report.json").read_text())
     assert f"ROC AUC = {report['roc_auc']:.3f}" in printed
+    closing = printed.strip().splitlines()[-1]
+    written = sorted(p.name for p in out.iterdir())
+    assert closing.startswith("Wrote") and all(name in closing for name in written), (closing, written)
     # The reported figures are those of the saved model on the held-back phantoms (the
     # demo's test set: seed + 1, lungs as the ROI), recomputed here from the file.
     test = make_chest_phantoms(40, image_size=32, anomaly_fraction=0.5, random_state=1)
@@ -179,7 +183,7 @@ def test_score_writes_the_python_api_scores_and_maps(folders, model_path, tmp_pa
     names = [r["map"] for r in rows]
     assert sorted(p.name for p in maps.iterdir()) == sorted(names)
     overlay = np.asarray(Image.open(maps / names[0]))
-    assert overlay.shape == (32, 32, 3) and overlay.dtype == np.uint8
+    assert overlay.shape[0] == 32 and overlay.shape[1] > 32 and overlay.dtype == np.uint8  # + colour bar
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
@@ -255,7 +259,8 @@ def test_pipeline_of_steps_round_trips_and_maps_come_back_at_image_size(folders,
     rows = _read_rows(tmp_path / "s.csv")
     X = load_images([r["path"] for r in rows])
     np.testing.assert_array_equal([float(r["score"]) for r in rows], pipe.score_samples(X))
-    assert np.asarray(Image.open(tmp_path / "maps" / rows[0]["map"])).shape == (32, 32, 3)
+    overlay = np.asarray(Image.open(tmp_path / "maps" / rows[0]["map"]))
+    assert overlay.shape[0] == 32 and overlay.shape[1] > 32  # the file's 32 px, then the bar
 
 
 def test_parse_value_reads_literals_and_never_evaluates_code():
@@ -430,3 +435,181 @@ def test_version_and_singular_messages(folders, tmp_path, capsys):
     assert main(["score", str(model), str(one), "--out", str(tmp_path / "s.csv")]) == 0
     err = capsys.readouterr().err
     assert "Reading 1 image ..." in err and "1 images" not in err
+
+
+# ------------------------------------------------------------------------ calibration
+def test_calibrate_score_and_evaluate_at_a_guaranteed_false_alarm_rate(folders, model_path, tmp_path, capsys):
+    from skanomaly.conformal import ConformalDetector
+
+    normals = tmp_path / "site_b"
+    for i, image in enumerate(make_chest_phantoms(40, image_size=32, anomaly_fraction=0.0, random_state=9).images):
+        _save_png(normals, f"c{i:03d}.png", image)
+    calibrated = tmp_path / "calibrated.skan"
+    before = model_path.read_bytes()
+    assert main(["calibrate", str(model_path), "--data", str(normals), "--out", str(calibrated),
+                 "--alpha", "0.1"]) == 0
+    assert "Calibrated on 40 normal images" in capsys.readouterr().err
+    assert model_path.read_bytes() == before  # --out: the original is untouched
+    model = load_model(calibrated)
+    assert isinstance(model, ConformalDetector) and model.n_calibration_ == 40 and model.alpha == 0.1
+    expected = ConformalDetector(load_model(model_path), calibration="prefit", alpha=0.1)
+    expected.fit(load_images(sorted(normals.glob("*.png"))))
+    np.testing.assert_array_equal(model.calibration_scores_, expected.calibration_scores_)
+
+    # score: a p-value column, predictions at --alpha (overriding the model's alpha).
+    out = tmp_path / "s.csv"
+    assert main(["score", str(calibrated), str(folders / "test"), "--out", str(out), "--alpha", "0.2", "-q"]) == 0
+    rows = _read_rows(out)
+    X = load_images([Path(r["path"]) for r in rows])
+    pvalues = np.array([float(r["pvalue"]) for r in rows])
+    np.testing.assert_array_equal(pvalues, model.score_pvalues(X))
+    np.testing.assert_array_equal([int(r["prediction"]) for r in rows], np.where(pvalues <= 0.2, -1, 1))
+    assert main(["score", str(calibrated), str(folders / "test"), "--out", str(out), "--fdr", "0.3", "-q"]) == 0
+    from skanomaly.conformal import benjamini_hochberg
+
+    flagged = np.array([int(r["prediction"]) for r in _read_rows(out)]) == -1
+    np.testing.assert_array_equal(flagged, benjamini_hochberg(pvalues, 0.3))
+
+    # evaluate: the operating point and the measured false-alarm rate against alpha.
+    report_dir = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["evaluate", str(calibrated), "--data", str(folders / "test"), "--report", str(report_dir)]) == 0
+    printed = capsys.readouterr().out
+    point = json.loads((report_dir / "report.json").read_text())["operating_point"]
+    y = np.array([0 if Path(r["path"]).parent.name == "NORMAL" else 1 for r in rows])
+    far = float((pvalues[y == 0] <= 0.1).mean())
+    assert point["rule"] == "alpha" and point["alpha"] == 0.1 and point["n_calibration"] == 40
+    assert point["false_alarm_rate"] == pytest.approx(far)
+    assert point["false_alarm_rate_95ci"][0] <= far <= point["false_alarm_rate_95ci"][1]
+    assert f"alpha = 0.1: false-alarm rate {far:.3f} on 12 normal images" in printed
+    assert "pvalue" in _read_rows(report_dir / "scores.csv")[0]
+
+    # In place: calibrate MODEL replaces the calibration, keeps the networks.
+    assert main(["calibrate", str(calibrated), "--data", str(folders / "train"), "-q"]) == 0
+    again = load_model(calibrated)
+    assert again.n_calibration_ == 30 and again.alpha == 0.1  # NORMAL/ only; the model's alpha
+    np.testing.assert_array_equal(again.score_samples(X), model.score_samples(X))
+
+
+def test_fit_with_calibration_holds_out_images(folders, tmp_path, capsys):
+    out = tmp_path / "m.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(folders / "train"), "--out", str(out),
+                 "--calibration", "0.3", "--alpha", "0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "holding out 9 to calibrate" in err and "flags p-value <= alpha = 0.2" in err
+    model = load_model(out)
+    assert model.n_calibration_ == 9 and model.alpha == 0.2 and model.estimator_.n_iter_ == 2
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["score", "{model}", "{test}", "--out", "{out}/s.csv", "--alpha", "0.1"], "has no calibration: run "
+         "'skanomaly calibrate"),
+        (["evaluate", "{model}", "--data", "{test}", "--fdr", "0.1"], "--fdr needs a calibrated model"),
+        (["score", "{calibrated}", "{test}", "--out", "{out}/s.csv", "--fdr", "0.1", "--chunk-size", "4"],
+         "Benjamini-Hochberg (--fdr, or the model's fdr) ranks all images together"),
+        (["score", "{model}", "{test}", "--out", "{out}/s.csv", "--alpha", "1.5"], "expected a number in (0, 1)"),
+        (["fit", "--detector", "cae", "--train", "{test}", "--out", "{out}/m.skan", "--alpha", "0.1"],
+         "--alpha needs --calibration"),
+        (["calibrate", "{model}", "--data", "{empty}", "--out", "{out}/m.skan"], "no image files"),
+    ],
+)
+def test_calibration_options_refuse_what_cannot_hold(argv, expected, folders, model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "empty").mkdir()
+    calibrated = tmp_path / "calibrated.skan"
+    assert main(["calibrate", str(model_path), "--data", str(folders / "train"), "--out", str(calibrated),
+                 "-q"]) == 0
+    fill = dict(model=model_path, test=folders / "test", out=out, calibrated=calibrated, empty=tmp_path / "empty")
+    capsys.readouterr()
+    assert main([arg.format(**fill) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_12_bit_pngs_get_command_line_advice_and_bits_stored_keeps_it_in_the_model(tmp_path, capsys):
+    import cv2
+
+    from skanomaly.preprocessing import Rescale
+
+    folder = tmp_path / "b12"
+    folder.mkdir()
+    images = make_chest_phantoms(12, image_size=32, anomaly_fraction=0.0, random_state=0).images
+    raw = np.round(images * 4095).astype(np.uint16)
+    for i, pixels in enumerate(raw):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), pixels)
+    plain, twelve = tmp_path / "plain.skan", tmp_path / "twelve.skan"
+    capsys.readouterr()
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(folder), "--out", str(plain)]) == 0
+    err = capsys.readouterr().err
+    advice = [line for line in err.splitlines() if "--bits-stored 12" in line]
+    assert len(advice) == 1 and "12 files of 12 hold 16-bit pixels no larger than 4095" in advice[0]
+    assert "warnings.warn" not in err and "UserWarning" not in err and "Rescale(bits_stored=12)" not in err
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(folder), "--out", str(twelve),
+                 "--bits-stored", "12"]) == 0
+    assert "--bits-stored" not in capsys.readouterr().err  # the model now rescales: no advice
+    model = load_model(twelve)
+    first = model.steps[0][1]
+    assert isinstance(first, Rescale) and (first.bits_stored, first.container_bits) == (12, 16)
+    # The detector saw the 12-bit values divided by 4095, exactly as from raw arrays.
+    expected = CAEDetector(channels=(4, 8), max_epochs=2, lr=2e-3, random_state=0, device="auto")
+    expected.fit(Rescale(bits_stored=12).fit_transform(raw))
+    np.testing.assert_allclose(model.score_samples(load_images(sorted(folder.glob("*.png")))),
+                               expected.score_samples(Rescale(bits_stored=12).fit_transform(raw)), rtol=1e-5)
+    assert main(["score", str(twelve), str(folder), "--out", str(tmp_path / "s.csv")]) == 0
+    assert "--bits-stored" not in capsys.readouterr().err
+    assert main(["score", str(plain), str(folder), "--out", str(tmp_path / "s.csv")]) == 0
+    assert "refit with --bits-stored 12" in capsys.readouterr().err
+
+
+def test_a_damaged_jpeg_is_named_not_scored(model_path, folders, tmp_path, capsys):
+    import cv2
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    image = np.round(255 * make_chest_phantoms(1, image_size=32, random_state=0).images[0]).astype(np.uint8)
+    data = bytearray(cv2.imencode(".jpg", image)[1].tobytes())
+    (folder / "good.jpg").write_bytes(bytes(data))
+    data[len(data) // 2:len(data) // 2 + 2] = b"\xff\xd9"
+    (folder / "bad.jpg").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["score", str(model_path), str(folder), "--out", str(out / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if "error" in line]
+    assert len(error) == 1 and "bad.jpg' is a damaged JPEG" in error[0]
+    assert list(out.iterdir()) == []
+
+
+def test_maps_are_written_at_the_files_size_with_a_colour_bar(folders, tmp_path):
+    """A model fitted at 32 px (--size 32) on 48x40 files writes 48x40 overlays."""
+    from skanomaly.datasets import read_image
+
+    big = tmp_path / "big"
+    data = make_chest_phantoms(12, image_size=48, anomaly_fraction=0.0, random_state=5)
+    for i, image in enumerate(data.images):
+        _save_png(big, f"b{i:02d}.png", image[:, 4:44])  # 48 high, 40 wide
+    model = tmp_path / "m.skan"
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", str(big), "--size", "32",
+                 "--out", str(model), "-q"]) == 0
+    maps = tmp_path / "maps"
+    assert main(["score", str(model), str(big), "--out", str(tmp_path / "s.csv"), "--maps", str(maps),
+                 "-q"]) == 0
+    row = _read_rows(tmp_path / "s.csv")[0]
+    overlay = np.asarray(Image.open(maps / row["map"]))
+    assert overlay.shape[0] == 48 and overlay.shape[1] > 40 + 8
+    # Left: the file's own pixels under the map (gray where the map is not drawn is
+    # impossible to tell apart here, so compare the brightness pattern); right: the
+    # bar, whose top (vmax) and bottom (vmin) colours differ.
+    source = read_image(Path(row["path"]))
+    brightness = overlay[:, :40].mean(axis=2)
+    assert np.corrcoef(brightness.ravel(), source.ravel())[0, 1] > 0.5
+    bar = overlay[:, 40:]
+    coloured = np.flatnonzero((bar.max(axis=2) - bar.min(axis=2) > 40).all(axis=0) |
+                              (np.ptp(bar.astype(int).sum(axis=2), axis=0) > 200))
+    assert coloured.size > 0
+    column = bar[:, coloured[0]].astype(int)
+    assert np.abs(column[1] - column[-2]).sum() > 200

@@ -18,7 +18,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skanomaly.detectors import AnoGANDetector, CAEDetector, FAnoGANDetector, VAEDetector
+from skanomaly.conformal import ConformalDetector
+from skanomaly.detectors import (
+    AnoGANDetector,
+    CAEDetector,
+    FAnoGANDetector,
+    OneClassAdversarialDetector,
+    VAEDetector,
+)
 from skanomaly.io import _registry
 from skanomaly.model_selection import ThresholdTuner
 from skanomaly.preprocessing import (
@@ -65,6 +72,8 @@ SKLEARN_SETTINGS = {
     VAEDetector: dict(channels=(), latent_dim=2, **FAST_DETECTOR),
     AnoGANDetector: FAST_ANOGAN,
     FAnoGANDetector: FAST_FANOGAN,
+    # Two levels: 16 px squares, which strips of up to 16 px pad to.
+    OneClassAdversarialDetector: dict(channels=(2, 2), latent_dim=2, contamination=0.1, **_FAST_GAN),
 }
 
 DETECTORS = [cls(**SKLEARN_SETTINGS[cls]) for cls in REGISTERED_DETECTORS if cls in SKLEARN_SETTINGS]
@@ -92,6 +101,15 @@ ThresholdTunerLabelsIgnored = _labels_ignored(ThresholdTuner)
 TUNERS = [
     ThresholdTuner(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_TUNER),
     ThresholdTunerLabelsIgnored(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_TUNER),
+]
+
+# ConformalDetector around the same detector: half the strips train, half calibrate;
+# alpha=0.2 lets a calibration set of 10 strips flag some.
+FAST_CONFORMAL = dict(calibration=0.5, alpha=0.2, random_state=0)
+ConformalDetectorLabelsIgnored = _labels_ignored(ConformalDetector)
+CONFORMAL = [
+    ConformalDetector(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_CONFORMAL),
+    ConformalDetectorLabelsIgnored(CAEDetector(channels=(4,), **FAST_DETECTOR), **FAST_CONFORMAL),
 ]
 
 TRANSFORMERS = [
@@ -161,13 +179,13 @@ _DETECTOR_CHECKS_WITH_Y = [
     "check_readonly_memmap_input",
 ]
 
-# ThresholdTuner checks its labels (0 = normal, 1 = abnormal) before its detector sees
+# ThresholdTuner (and ConformalDetector) checks its labels (0 = normal, 1 = abnormal) before its detector sees
 # X, so every check that passes class-like y fails on the labels first, also those
 # about X (sparse input, one feature, negative values); the *LabelsIgnored entry
 # runs them all.
 _TUNER_LABELS = (
-    "calls fit(X, y) with class-like labels (0, 1, 2, ...); ThresholdTuner takes 0 = "
-    "normal, 1 = abnormal only, checked before X; passes with y dropped (the "
+    "calls fit(X, y) with class-like labels (0, 1, 2, ...); ThresholdTuner and "
+    "ConformalDetector take 0 = normal, 1 = abnormal only, checked before X; passes with y dropped (the "
     "*LabelsIgnored entry)"
 )
 _TUNER_CHECKS_WITH_Y = [
@@ -212,6 +230,8 @@ _BATCHING_CHECKS = ["check_methods_sample_order_invariance", "check_methods_subs
 EXPECTED_FAILURES = {
     "ThresholdTuner": dict.fromkeys(_TUNER_CHECKS_WITH_Y, _TUNER_LABELS),
     "ThresholdTunerLabelsIgnored": dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING),
+    "ConformalDetector": dict.fromkeys(_TUNER_CHECKS_WITH_Y, _TUNER_LABELS),
+    "ConformalDetectorLabelsIgnored": dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING),
     "MaskApplier": {
         check: _ODD_FEATURES
         for check in [
@@ -249,7 +269,7 @@ def _expected_failed_checks(estimator):
 
 # xfail_strict=False: an expected failure of float32 rounding may pass on one CPU.
 @parametrize_with_checks(
-    DETECTORS + LABELS_IGNORED + TUNERS + TRANSFORMERS,
+    DETECTORS + LABELS_IGNORED + TUNERS + CONFORMAL + TRANSFORMERS,
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=False,
 )
@@ -277,6 +297,11 @@ IMAGE_SETTINGS = {
     AnoGANDetector: [
         dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, n_search_steps=4),
         dict(channels=(4,), latent_dim=4, max_epochs=2, batch_size=8, anomaly_score="discriminator"),
+    ],
+    OneClassAdversarialDetector: [
+        dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8),
+        dict(components="U", channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8,
+             anomaly_score="reconstruction", noise_std=0.0),
     ],
     FAnoGANDetector: [
         dict(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
@@ -376,6 +401,7 @@ ARCHITECTURE_CHANGES = {
     VAEDetector: {"channels": (8,), "latent_dim": 3},
     AnoGANDetector: {"channels": (8,), "latent_dim": 3},
     FAnoGANDetector: {"gan_channels": (8, 8, 8, 8), "latent_dim": 3},
+    OneClassAdversarialDetector: {"channels": (8, 8), "latent_dim": 3, "components": "U+D"},
 }
 
 

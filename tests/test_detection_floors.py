@@ -22,6 +22,7 @@ FLOOR_TESTS = {
     "VAEDetector": "detectors/test_autoencoders.py::test_vae_detects_nodules_on_held_back_phantoms",
     "AnoGANDetector": "detectors/test_anogan.py::test_detects_nodules_on_phantoms",
     "FAnoGANDetector": "test_detection_floors.py::test_fanogan_detects_nodules_on_phantoms",
+    "OneClassAdversarialDetector": "detectors/test_oneclass.py::test_the_full_model_beats_a_measured_floor_on_phantoms",
 }
 
 

@@ -280,6 +280,45 @@ def test_one_class_split_errors():
         list(OneClassSplit([(np.array([1, 3]), np.array([0, 2]))]).split(np.zeros((4, 2)), [0, 1, 0, 1]))
 
 
+class _CountsFits(OutlierMixin, BaseEstimator):
+    """A detector that counts its fits (class attribute: clones share it)."""
+
+    fits = 0
+
+    def __init__(self, level=0):
+        self.level = level
+
+    def fit(self, X, y=None):
+        type(self).fits += 1
+        self.offset_ = 0.0
+        return self
+
+    def score_samples(self, X):
+        return np.asarray(X, dtype=float).reshape(len(X), -1)[:, 0]
+
+
+def test_a_fold_without_normal_images_is_refused_before_any_fit():
+    """KFold on label-sorted data: fold 0 trains on abnormal images only. With
+    NormalOnly alone GridSearchCV fits, scores that fold NaN and carries on; the
+    sampler's message names the remedy, and OneClassSplit refuses before any fit."""
+    X = np.random.default_rng(0).random((12, 4, 4))
+    y = np.repeat([0, 1], [4, 8])
+    pipe = make_imblearn_pipeline(NormalOnly(), _CountsFits())
+    scoring = get_scorer("roc_auc_anomaly")
+    with pytest.warns(Warning, match="wrap yours in OneClassSplit"):
+        search = GridSearchCV(pipe, {"_countsfits__level": [0]}, scoring=scoring,
+                              cv=KFold(2)).fit(X, y)
+    assert np.isnan(search.cv_results_["split0_test_score"][0])
+    _CountsFits.fits = 0
+    with pytest.raises(ValueError, match="fold 0 holds no normal image"):
+        GridSearchCV(pipe, {"_countsfits__level": [0]}, scoring=scoring,
+                     cv=OneClassSplit(KFold(2))).fit(X, y)
+    assert _CountsFits.fits == 0
+    # A stratified splitter has normal images in every training part.
+    GridSearchCV(pipe, {"_countsfits__level": [0]}, scoring=scoring,
+                 cv=OneClassSplit(StratifiedKFold(2))).fit(X, y)
+
+
 # ----------------------------------------------------------------------- scorers
 class FixedScores(OutlierMixin, BaseEstimator):
     """A 'detector' whose normality score is the first feature: known scores."""

@@ -259,6 +259,33 @@ def _read_with_pil(path):
     return _to_gray(_to_unit_float(arr, path), path, "RGB")
 
 
+# libjpeg's messages for damaged data, which OpenCV and Pillow print to stderr (or
+# not at all) while returning an image with garbage or grey blocks in it.
+_CORRUPT_JPEG_MESSAGES = ("corrupt jpeg data", "premature end of jpeg file", "bogus", "invalid")
+
+
+def _read_jpeg_strictly(buffer, path):
+    """Gray float image of a JPEG, decoded by libjpeg-turbo with warnings as errors;
+    None for a valid JPEG it cannot convert (CMYK), which OpenCV then decodes.
+
+    Same pixels as OpenCV's grayscale decoding (both take libjpeg's Y channel), but a
+    damaged file is refused with its name instead of scored.
+    """
+    import simplejpeg
+
+    try:
+        arr = simplejpeg.decode_jpeg(buffer.tobytes(), colorspace="GRAY", strict=True)
+    except ValueError as err:
+        message = str(err)
+        if any(text in message.lower() for text in _CORRUPT_JPEG_MESSAGES):
+            raise ValueError(
+                f"'{path}' is a damaged JPEG ({message}): its pixels would be partly "
+                "garbage. Re-export it from the source, or leave it out."
+            ) from None
+        return None
+    return _to_unit_float(arr[..., 0], path)
+
+
 def _decode(path):
     """Decode one file into float32 (H, W) in [0, 1], bone bright."""
     path = _check_file(path)
@@ -275,9 +302,14 @@ def _decode(path):
         buffer = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ValueError(f"Could not read image file '{path}': {err}") from err
+    is_jpeg = suffix in _JPEG_EXTENSIONS or buffer[:3].tobytes() == b"\xff\xd8\xff"
+    if is_jpeg:
+        image = _read_jpeg_strictly(buffer, path)
+        if image is not None:
+            return image
     # Decoding JPEG straight to gray skips the colour conversion and is ~3x faster; its
     # Y channel is the BT.601 luma used for every other format.
-    flag = cv2.IMREAD_GRAYSCALE if suffix in _JPEG_EXTENSIONS else cv2.IMREAD_UNCHANGED
+    flag = cv2.IMREAD_GRAYSCALE if is_jpeg else cv2.IMREAD_UNCHANGED
     arr = cv2.imdecode(buffer, flag) if buffer.size else None
     if arr is None:
         # OpenCV lacks some formats/modes (GIF, odd TIFFs); Pillow reports why it fails.

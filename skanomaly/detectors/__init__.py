@@ -8,5 +8,6 @@ files, the top-level namespace and the test tables are built from.
 from .anogan import AnoGANDetector
 from .autoencoders import CAEDetector, VAEDetector
 from .fanogan import FAnoGANDetector
+from .oneclass import OneClassAdversarialDetector
 
-__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "VAEDetector"]
+__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "OneClassAdversarialDetector", "VAEDetector"]

@@ -28,6 +28,14 @@ class Rescale(BaseImageTransformer):
         images; use it for 12-bit radiographs stored in 16-bit arrays
         (``bits_stored=12``; DICOM's BitsStored). Values outside
         ``[0, 2 ** bits_stored - 1]`` raise a ``ValueError``.
+    container_bits : int in [1, 32] or None, default=None
+        With ``bits_stored``: the bit depth the values were *already* divided by.
+        :func:`~skanomaly.datasets.read_image` scales a 16-bit file by 65535, so
+        12-bit data read from 16-bit PNG or TIFF files (0 to 4095 / 65535) need
+        ``Rescale(bits_stored=12, container_bits=16)``: values are brought back to
+        integers (times 65535) and divided by 4095. This is what the command line's
+        ``--bits-stored 12`` puts in front of the detector. ``None``: values are
+        taken as they are.
     image_shape : tuple (H, W) or None, default=None
         Shape of the images when ``X`` is flattened ``(n_samples, H * W)``; one entry
         may be -1. ``None`` expects square images.
@@ -59,11 +67,13 @@ class Rescale(BaseImageTransformer):
 
     _parameter_constraints = {
         "bits_stored": [Interval(Integral, 1, 32, closed="both"), None],
+        "container_bits": [Interval(Integral, 1, 32, closed="both"), None],
         "image_shape": [tuple, list, None],
     }
 
-    def __init__(self, bits_stored=None, *, image_shape=None):
+    def __init__(self, bits_stored=None, *, container_bits=None, image_shape=None):
         self.bits_stored = bits_stored
+        self.container_bits = container_bits
         self.image_shape = image_shape
 
     def _validate(self, X, *, reset):
@@ -71,6 +81,15 @@ class Rescale(BaseImageTransformer):
         return np.ascontiguousarray(images)
 
     def _transform_images(self, images):
+        if self.container_bits is not None:
+            if self.bits_stored is None:
+                raise ValueError(
+                    f"Rescale(container_bits={self.container_bits}) needs bits_stored, the "
+                    "data's own bit depth (e.g. bits_stored=12, container_bits=16)."
+                )
+            # The file reader divided integers by the container's range: undo it exactly
+            # (float32 rounding of x / 65535 is far below 0.5).
+            images = np.rint(images.astype(np.float64) * (2**self.container_bits - 1)).astype(np.float32)
         if self.bits_stored is not None:
             top = float(2**self.bits_stored - 1)
             low, high = float(np.nanmin(images)), float(np.nanmax(images))

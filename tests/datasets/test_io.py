@@ -319,3 +319,53 @@ def test_nothing_is_written(tmp_path):
     before = sorted(os.listdir(tmp_path))
     load_images(tmp_path, size=4, n_jobs=2)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def _jpeg_bytes(image):
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return bytearray(buffer.tobytes())
+
+
+def _damaged_jpegs():
+    """JPEGs that OpenCV decodes without an error (only libjpeg's stderr line)."""
+    rng = np.random.default_rng(0)
+    clean = _jpeg_bytes(np.clip(rng.normal(128, 40, (64, 64)), 0, 255).astype(np.uint8))
+    early_end = bytearray(clean)
+    early_end[400:402] = b"\xff\xd9"  # an end-of-image marker inside the scan data
+    flipped = bytearray(clean)
+    for i in range(1000, 1010):
+        flipped[i] ^= 0x21  # bit errors in the entropy-coded data
+    return {"early_end": early_end, "flipped": flipped, "truncated": clean[: len(clean) // 2]}
+
+
+@pytest.mark.parametrize("damage", ["early_end", "flipped", "truncated"])
+def test_damaged_jpeg_is_refused_with_its_name(tmp_path, damage):
+    data = bytes(_damaged_jpegs()[damage])
+    path = tmp_path / "film_017.jpeg"
+    path.write_bytes(data)
+    if damage != "truncated":  # what the reader used to do: an image, and a stderr line
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) is not None
+    with pytest.raises(ValueError, match=r"film_017\.jpeg' is a damaged JPEG"):
+        read_image(path)
+    (tmp_path / "ok.png").write_bytes(cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes())
+    with pytest.raises(ValueError, match="film_017"):
+        load_images(tmp_path)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jpeg_pixels_are_opencvs_grayscale_decoding(tmp_path, channels):
+    """The strict decoder changes no pixel of a valid file (both take libjpeg's Y)."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 56, channels) if channels == 3 else (40, 56), dtype=np.uint8)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(bytes(_jpeg_bytes(image)))
+    expected = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_cmyk_jpeg_still_reads(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(np.full((16, 16, 4), 100, np.uint8), mode="CMYK").save(path)
+    image = read_image(path)
+    assert image.shape == (16, 16) and np.isfinite(image).all()

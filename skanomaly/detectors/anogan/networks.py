@@ -17,6 +17,8 @@ start from a larger map (``image_size / 2 ** len(channels)`` pixels a side).
 import torch
 from torch import nn
 
+from ...nn.init import dcgan_init
+
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "check_dcgan_size"]
 
 
@@ -31,16 +33,6 @@ def check_dcgan_size(image_size, channels):
             "change the number of channels entries."
         )
     return image_size // levels
-
-
-def _dcgan_init(module):
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
 
 
 class DCGANGenerator(nn.Module):
@@ -69,7 +61,7 @@ class DCGANGenerator(nn.Module):
             last = i == len(widths) - 2
             layers += [nn.Tanh()] if last else [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.deconv = nn.Sequential(*layers)
-        self.apply(_dcgan_init)
+        self.apply(dcgan_init)
 
     def forward(self, z):
         h = self.project(z).view(-1, self.width, self.start, self.start)
@@ -94,7 +86,7 @@ class DCGANDiscriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
         self.conv = nn.Sequential(*layers)
         self.classify = nn.Linear(channels[-1] * end * end, 1)
-        self.apply(_dcgan_init)
+        self.apply(dcgan_init)
 
     def features(self, x):
         """``f(x)``: the last convolutional feature map ``(B, C, s, s)``."""
