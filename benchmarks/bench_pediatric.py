@@ -91,7 +91,9 @@ def detectors(args, seed):
     # defaults; each ablation of the paper's table is one entry.
     oneclass = {
         f"OneClassAdversarialDetector[{components}]": (
-            OneClassAdversarialDetector(components=components, random_state=seed, device="auto"),
+            OneClassAdversarialDetector(
+                components=components, max_epochs=args.oneclass_epochs, random_state=seed, device="auto"
+            ),
             ["paper", "reconstruction"]
             + (["discriminator"] if "D" in components else [])
             + (["latent"] if "E" in components else []),
@@ -165,6 +167,10 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--oneclass-epochs", type=int, default=15,
+        help="epochs of OneClassAdversarialDetector (the paper's 15; its other settings are the paper's)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (random_state) of the detectors"
@@ -215,7 +221,14 @@ def main(argv=None):
     if args.detectors is not None and out.exists():
         previous = json.loads(out.read_text())
         if previous.get("split_counts") == counts:
-            results["detectors"] = {k: v for k, v in previous["detectors"].items() if k not in args.detectors}
+            # Other detectors keep their results; a detector run again keeps the
+            # seeds it does not run now.
+            results["detectors"] = {
+                k: v if k not in args.detectors else {
+                    "per_seed": {s: r for s, r in v["per_seed"].items() if int(s) not in args.seeds}
+                }
+                for k, v in previous["detectors"].items()
+            }
             results["command_per_detector"] = previous.get("command_per_detector", {})
             for name in results["detectors"]:
                 results["command_per_detector"].setdefault(name, previous["command"])
@@ -225,7 +238,7 @@ def main(argv=None):
                 continue
             results.setdefault("command_per_detector", {})[name] = results["command"]
             print(f"[seed {seed}] ", end="")
-            per_seed = results["detectors"].setdefault(name, {"per_seed": {}})["per_seed"]
+            per_seed = results["detectors"].setdefault(name, {"per_seed": {}}).setdefault("per_seed", {})
             per_seed[str(seed)] = evaluate(name, det, candidates, data, split)
     for name, entry in results["detectors"].items():
         if args.detectors is not None and name not in args.detectors:

@@ -271,7 +271,8 @@ def build_parser():
     score.add_argument(
         "--chunk-size", type=_positive_int, metavar="N",
         help="read and score N files at a time (memory bounded by N, for large archives; "
-        "skanomaly.parallel.score_files); not with --maps",
+        "skanomaly.parallel.score_files); not with --maps or --fdr, and without the "
+        "pvalue column (predictions of a calibrated model are still at its alpha)",
     )
     score.add_argument(
         "--key-file", metavar="FILE", help="refuse a model not signed with this secret"
