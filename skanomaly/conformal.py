@@ -266,7 +266,9 @@ class ConformalDetector(_WrappedDetectorMixin, MetaEstimatorMixin, OutlierMixin,
         try:
             self.calibrate(_safe_indexing(X, calibrate))
         except BaseException:
-            del self.estimator_
+            # Nothing of this fit stays behind (estimator_, n_features_in_, ...).
+            for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+                delattr(self, name)
             raise
         return self
 
