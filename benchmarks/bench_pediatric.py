@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.model_selection import GroupShuffleSplit
+from sklearn.pipeline import Pipeline
 
 from skanomaly.datasets import load_pediatric_cxr
 from skanomaly.detectors import CAEDetector, OneClassAdversarialDetector, VAEDetector
 from skanomaly.metrics import anomaly_roc_auc, youden_cutoff
+from skanomaly.preprocessing import CLAHE
 
 RESULTS = Path(__file__).parent / "results" / "pediatric.json"
 
@@ -118,31 +121,32 @@ def evaluate(name, det, candidate_scores, data, split):
     start = time.perf_counter()
     det.fit(data.images[train])
     train_seconds = time.perf_counter() - start
-    per_score = {}
+    per_score, validation_scores = {}, {}
     for score in candidate_scores:
         det.set_params(anomaly_score=score)
-        per_score[json.dumps(score)] = anomaly_roc_auc(
-            data.labels[validation], det.score_samples(data.images[validation])
-        )
+        key = json.dumps(score)
+        validation_scores[key] = det.score_samples(data.images[validation])
+        per_score[key] = anomaly_roc_auc(data.labels[validation], validation_scores[key])
     chosen = max(per_score, key=per_score.get)
     by_key = {json.dumps(score): score for score in candidate_scores}
     det.set_params(anomaly_score=by_key[chosen])
-    cut = youden_cutoff(data.labels[validation], det.score_samples(data.images[validation]))
+    cut = youden_cutoff(data.labels[validation], validation_scores[chosen])
     start = time.perf_counter()
     test_scores = det.score_samples(data.images[test])
     score_ms = 1000 * (time.perf_counter() - start) / len(test)
     flagged = test_scores <= cut["threshold"]
     y_test = data.labels[test]
-    test_auc_all = {}
+    test_auc_all = {chosen: anomaly_roc_auc(y_test, test_scores)}
     for score in candidate_scores:  # reported for transparency, not used for any choice
-        det.set_params(anomaly_score=score)
-        test_auc_all[json.dumps(score)] = anomaly_roc_auc(y_test, det.score_samples(data.images[test]))
+        if json.dumps(score) != chosen:
+            det.set_params(anomaly_score=score)
+            test_auc_all[json.dumps(score)] = anomaly_roc_auc(y_test, det.score_samples(data.images[test]))
     result = {
         "params": {k: v for k, v in det.get_params().items() if k not in ("callbacks", "anomaly_score")},
         "validation_roc_auc_per_score": per_score,
         "chosen_score": chosen,
         "test_roc_auc": test_auc_all[chosen],
-        "test_roc_auc_per_score": test_auc_all,
+        "test_roc_auc_per_score": {key: test_auc_all[key] for key in by_key},
         "youden_cutoff_from_validation": cut,
         "test_sensitivity_at_cutoff": float(flagged[y_test == 1].mean()),
         "test_specificity_at_cutoff": float(1 - flagged[y_test == 0].mean()),
@@ -159,6 +163,106 @@ def evaluate(name, det, candidate_scores, data, split):
         flush=True,
     )
     return result
+
+
+def validation_aucs(det, candidate_scores, images, labels):
+    """Validation ROC AUC of each candidate score of a fitted detector (or pipeline)."""
+    aucs = {}
+    for score in candidate_scores:
+        det.set_params(**{("det__anomaly_score" if hasattr(det, "steps") else "anomaly_score"): score})
+        aucs[json.dumps(score)] = anomaly_roc_auc(labels, det.score_samples(images))
+    return aucs
+
+
+def generalisation(name, det, candidate_scores, data, split, protocol_run=None):
+    """Does the detector survive a change of image statistics the training set lacked?
+
+    1. CLAHE (1/8-side tiles, the P-AnoGAN clip limit) before the detector vs none:
+       validation AUC of each score.
+    2. Exposure held back: the brightest (darkest) quarter of the training normals by
+       mean intensity is removed from training; validation AUC is then measured
+       separately on the validation films beyond that quartile (statistics never seen
+       in training) and on those within the training range, beside the intensity
+       baseline refitted on the same reduced training set. The test split is not used.
+    """
+    train, validation, _ = split
+    images, labels = data.images, data.labels
+    report = {}
+    start = time.perf_counter()
+    piped = Pipeline([("clahe", CLAHE(kernel_size=0.125, clip_limit=0.01)), ("det", clone(det))])
+    piped.fit(images[train])
+    report["clahe"] = {
+        "validation_roc_auc_per_score": validation_aucs(
+            piped, candidate_scores, images[validation], labels[validation]
+        ),
+        "train_seconds": time.perf_counter() - start,
+    }
+    if protocol_run is not None:
+        # The protocol's own fit of this seed is the same fit (same data, same seed).
+        report["no_clahe"] = {
+            "validation_roc_auc_per_score": protocol_run["validation_roc_auc_per_score"],
+            "train_seconds": protocol_run["train_seconds"],
+        }
+    else:
+        start = time.perf_counter()
+        plain = clone(det).fit(images[train])
+        report["no_clahe"] = {
+            "validation_roc_auc_per_score": validation_aucs(
+                plain, candidate_scores, images[validation], labels[validation]
+            ),
+            "train_seconds": time.perf_counter() - start,
+        }
+    print(
+        f"{name}: validation AUC per score with CLAHE {report['clahe']['validation_roc_auc_per_score']}, "
+        f"without {report['no_clahe']['validation_roc_auc_per_score']}",
+        flush=True,
+    )
+    train_means = intensity_features(images[train])[:, 0]
+    validation_means = intensity_features(images[validation])[:, 0]
+    for side, quantile in (("brightest", 0.75), ("darkest", 0.25)):
+        cut = float(np.quantile(train_means, quantile))
+        beyond_train = train_means >= cut if side == "brightest" else train_means <= cut
+        beyond_val = validation_means >= cut if side == "brightest" else validation_means <= cut
+        kept = train[~beyond_train]
+        model = clone(det).fit(images[kept])
+        baseline = EmpiricalCovariance().fit(intensity_features(images[kept]))
+        entry = {"mean_intensity_cut": cut, "n_train": int(len(kept))}
+        for subset, mask in (("held_back_statistics", beyond_val), ("training_range", ~beyond_val)):
+            idx = validation[mask]
+            entry[subset] = {
+                "n_normal": int((labels[idx] == 0).sum()),
+                "n_pneumonia": int((labels[idx] == 1).sum()),
+                "validation_roc_auc_per_score": validation_aucs(model, candidate_scores, images[idx], labels[idx]),
+                "baseline_validation_roc_auc": anomaly_roc_auc(
+                    labels[idx], -baseline.mahalanobis(intensity_features(images[idx]))
+                ),
+            }
+        report[f"{side}_quartile_held_back"] = entry
+        print(
+            f"{name}: {side} quartile held back: validation AUC beyond it "
+            f"{entry['held_back_statistics']['validation_roc_auc_per_score']} (baseline "
+            f"{entry['held_back_statistics']['baseline_validation_roc_auc']:.3f}); within the training range "
+            f"{entry['training_range']['validation_roc_auc_per_score']} (baseline "
+            f"{entry['training_range']['baseline_validation_roc_auc']:.3f})",
+            flush=True,
+        )
+    return report
+
+
+def command_line(args):
+    """The command that repeats this run (flags that are off and unset options left out)."""
+    words = ["python benchmarks/bench_pediatric.py"]
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "out" or value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words.append(flag + " " + " ".join(map(str, value)))
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
 
 
 def main(argv=None):
@@ -180,6 +284,11 @@ def main(argv=None):
         help="names of the detectors to run (default: all); with an existing --out of the "
         "same split, the others' results are kept",
     )
+    parser.add_argument(
+        "--generalisation", action="store_true",
+        help="instead of the protocol, run the robustness checks (CLAHE vs none; the brightest "
+        "and darkest quartile of training normals held back) for each chosen detector and seed",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -194,11 +303,7 @@ def main(argv=None):
     print(f"Loaded {len(data.labels)} images in {load_seconds:.1f} s; split {counts}", flush=True)
     results = {
         "protocol": __doc__.strip().splitlines()[0],
-        "command": "python benchmarks/bench_pediatric.py " + " ".join(
-            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
-            for k, v in vars(args).items()
-            if k != "out"
-        ),
+        "command": command_line(args),
         "machine": {
             "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(),
@@ -224,35 +329,52 @@ def main(argv=None):
             # Other detectors keep their results; a detector run again keeps the
             # seeds it does not run now.
             results["detectors"] = {
-                k: v if k not in args.detectors else {
+                k: v if k not in args.detectors or args.generalisation else {
                     "per_seed": {s: r for s, r in v["per_seed"].items() if int(s) not in args.seeds}
                 }
                 for k, v in previous["detectors"].items()
             }
             results["command_per_detector"] = previous.get("command_per_detector", {})
+            if "generalisation" in previous:
+                results["generalisation"] = previous["generalisation"]
             for name in results["detectors"]:
                 results["command_per_detector"].setdefault(name, previous["command"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def summarise_and_write():
+        # Written after every fit, so an interrupted run keeps what it measured.
+        for name, entry in results["detectors"].items():
+            aucs = [run["test_roc_auc"] for run in entry["per_seed"].values()]
+            entry["test_roc_auc_mean"] = float(np.mean(aucs))
+            entry["test_roc_auc_sd"] = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
+            entry["seeds"] = sorted(int(s) for s in entry["per_seed"])
+            entry["chosen_scores"] = [run["chosen_score"] for run in entry["per_seed"].values()]
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tmp.replace(out)
+
     for seed in args.seeds:
         for name, (det, candidates) in detectors(args, seed).items():
             if args.detectors is not None and name not in args.detectors:
                 continue
-            results.setdefault("command_per_detector", {})[name] = results["command"]
             print(f"[seed {seed}] ", end="")
-            per_seed = results["detectors"].setdefault(name, {"per_seed": {}}).setdefault("per_seed", {})
-            per_seed[str(seed)] = evaluate(name, det, candidates, data, split)
+            if args.generalisation:
+                report = results.setdefault("generalisation", {}).setdefault(name, {})
+                protocol_run = results["detectors"].get(name, {}).get("per_seed", {}).get(str(seed))
+                report[str(seed)] = generalisation(name, det, candidates, data, split, protocol_run)
+                report[str(seed)]["command"] = results["command"]
+            else:
+                results.setdefault("command_per_detector", {})[name] = results["command"]
+                per_seed = results["detectors"].setdefault(name, {"per_seed": {}}).setdefault("per_seed", {})
+                per_seed[str(seed)] = evaluate(name, det, candidates, data, split)
+            summarise_and_write()
+    summarise_and_write()
     for name, entry in results["detectors"].items():
-        if args.detectors is not None and name not in args.detectors:
-            continue
-        aucs = [run["test_roc_auc"] for run in entry["per_seed"].values()]
-        entry["test_roc_auc_mean"] = float(np.mean(aucs))
-        entry["test_roc_auc_sd"] = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0
-        entry["chosen_scores"] = [run["chosen_score"] for run in entry["per_seed"].values()]
-        print(
-            f"{name}: test AUC {entry['test_roc_auc_mean']:.3f} +- {entry['test_roc_auc_sd']:.3f} "
-            f"over seeds {args.seeds} (baseline {base['test_roc_auc']:.3f})"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        if args.detectors is None or name in args.detectors:
+            print(
+                f"{name}: test AUC {entry['test_roc_auc_mean']:.3f} +- {entry['test_roc_auc_sd']:.3f} "
+                f"over seeds {entry['seeds']} (baseline {base['test_roc_auc']:.3f})"
+            )
     print(f"Wrote {out}")
 
 

@@ -15,6 +15,7 @@ from .detectors import (  # noqa: E402
     AnoGANDetector,
     CAEDetector,
     FAnoGANDetector,
+    HealthyGAN,
     OneClassAdversarialDetector,
     VAEDetector,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "AnoGANDetector",
     "CAEDetector",
     "FAnoGANDetector",
+    "HealthyGAN",
     "OneClassAdversarialDetector",
     "VAEDetector",
     "conformal",

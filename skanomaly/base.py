@@ -325,7 +325,7 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
         return dict(
             lr=self.lr,
             batch_size=self.batch_size,
-            max_epochs=self.max_epochs,
+            max_epochs=self._max_epochs(),
             device=device,
             train_split=None,
             callbacks=callbacks,
@@ -333,6 +333,10 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
             verbose=int(self.verbose),
             random_seed=getattr(self, "_seed", 0),
         )
+
+    def _max_epochs(self):
+        """Epochs of the training stage (detectors that count iterations derive them)."""
+        return self.max_epochs
 
     def _small_settings_hint(self):
         """What to do instead when a stage would take hours on this CPU (shown once by
@@ -479,23 +483,25 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
                         _restore_training_state(entry[1])
                         _restore_layout(entry[2])
 
-    def _run_batches(self, samples, want_maps, indices=None):
+    def _run_batches(self, samples, want_maps, indices=None, batch_fn=None):
         """Score ``(M, H, W)`` samples (the rows ``indices`` of them, where given)
         batch by batch: image anomaly and optional maps.
 
         The networks compute in float32; anomalies are returned as float64 (the dtype
         scikit-learn's outlier API asks for), an exact widening of float32 values
-        whose precision is float32's (``docs/design.rst``, section 3).
+        whose precision is float32's (``docs/design.rst``, section 3). ``batch_fn``
+        replaces ``_anomaly_batch`` (a detector's other per-pixel maps).
         """
         with self._freeze_for_scoring() as device:
-            return self._run_frozen_batches(samples, want_maps, device, indices)
+            return self._run_frozen_batches(samples, want_maps, device, indices, batch_fn)
 
-    def _run_frozen_batches(self, samples, want_maps, device, indices=None):
+    def _run_frozen_batches(self, samples, want_maps, device, indices=None, batch_fn=None):
         desc = f"{type(self).__name__} scoring" if self.verbose else None
+        batch_fn = self._anomaly_batch if batch_fn is None else batch_fn
 
         def anomaly_batch(x, roi):
             height, width = x.shape[-2:]
-            pixel, image = self._anomaly_batch(self._pad_to_network(x, 0.0), self._pad_to_network(roi, False))
+            pixel, image = batch_fn(self._pad_to_network(x, 0.0), self._pad_to_network(roi, False))
             return pixel[..., :height, :width], image
 
         return score_in_batches(
@@ -610,13 +616,18 @@ class BaseDeepDetector(ModelStateMixin, OutlierMixin, BaseEstimator):
             with a channel axis, ``(n_samples, 1, H, W)`` or ``(n_samples, H, W, 1)``,
             gets its maps in the same layout.
         """
+        return self._pixel_maps(X)
+
+    def _pixel_maps(self, X, batch_fn=None):
+        """Per-pixel maps of ``batch_fn`` (``_anomaly_batch``'s by default) in the
+        layout of ``X``, NaN outside the ROI and for absent patches."""
         check_is_fitted(self)
         self._check_scoring_params()
         layout = read_layout(X, type(self).__name__) if input_ndim(X) == 4 else "images"
         images = self._validate_input(X, reset=False)
         samples, present, _ = self._present_samples(images)
         maps = np.full(samples.shape, np.nan, dtype=np.float32)
-        maps[present] = self._run_batches(samples, want_maps=True, indices=present)[1]
+        maps[present] = self._run_batches(samples, want_maps=True, indices=present, batch_fn=batch_fn)[1]
         maps = maps.reshape(images.shape)
         return np.expand_dims(maps, layout) if isinstance(layout, int) else maps
 

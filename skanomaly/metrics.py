@@ -26,8 +26,14 @@ def _check_labels(y_true):
     y_true = column_or_1d(y_true)
     values = set(np.unique(y_true).tolist())
     if not values <= {0, 1} or len(values) < 2:
+        hint = (
+            " -1 marks unlabelled images (semi-supervised training): they have no truth to "
+            "score against; keep them out of validation and test sets (OneClassSplit does)."
+            if -1 in values and 0 in values
+            else ""
+        )
         raise ValueError(
-            f"y_true must hold both labels 0 (normal) and 1 (abnormal); got {sorted(values)}."
+            f"y_true must hold both labels 0 (normal) and 1 (abnormal); got {sorted(values)}.{hint}"
         )
     return y_true.astype(int)
 

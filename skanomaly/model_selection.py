@@ -60,8 +60,9 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------- labels
-def _check_labels(y, n_samples, who, *, allow_none=False):
-    """``y`` as an int array of 0 (normal) / 1 (abnormal); clear errors otherwise."""
+def _check_labels(y, n_samples, who, *, allow_none=False, allow_unlabelled=False):
+    """``y`` as an int array of 0 (normal) / 1 (abnormal), and -1 (unlabelled) with
+    ``allow_unlabelled``; clear errors otherwise."""
     if y is None:
         if allow_none:
             return np.zeros(n_samples, dtype=int)
@@ -79,17 +80,22 @@ def _check_labels(y, n_samples, who, *, allow_none=False):
             f"{labels.dtype}. Convert them first, e.g. y = (labels == 'PNEUMONIA').astype(int)."
         )
     values = np.unique(labels)
-    if not np.isin(values, [0, 1]).all():
+    allowed = [0, 1, -1] if allow_unlabelled else [0, 1]
+    if not np.isin(values, allowed).all():
         hint = (
             " These look like predict's +1 (inlier) / -1 (outlier) convention; the "
             "labels here are y = (y == -1).astype(int)."
-            if set(values.tolist()) <= {-1, 1}
+            if set(values.tolist()) <= {-1, 1} and not allow_unlabelled
             else ""
         )
-        raise ValueError(
-            f"{who}: y must hold 0 (normal) and 1 (abnormal) only; got the values "
-            f"{values[:10].tolist()}.{hint}"
-        )
+        meaning = "0 (normal), 1 (abnormal) and -1 (unlabelled)" if allow_unlabelled else "0 (normal) and 1 (abnormal)"
+        if -1 in values and not allow_unlabelled and 0 in values:
+            hint = (
+                " -1 marks unlabelled images (semi-supervised training, HealthyGAN): they have "
+                "no label to be scored or thresholded on; keep them in training parts only "
+                "(OneClassSplit does so)."
+            )
+        raise ValueError(f"{who}: y must hold {meaning} only; got the values {values[:10].tolist()}.{hint}")
     return labels.astype(int)
 
 
@@ -114,9 +120,12 @@ class NormalOnly(BaseSampler):
     transform abnormal images for nothing (or learn from them, for a transformer that
     learns).
 
-    Labels: ``y`` is 0 for normal and 1 for abnormal images, the package's convention.
-    It is required; any other value (class names, the +1 / -1 of ``predict``) is an
-    error, and so is a ``y`` without a normal image.
+    Labels: ``y`` is 0 for normal and 1 for abnormal images, the package's convention,
+    and -1 for unlabelled images (scikit-learn's semi-supervised convention), which are
+    kept with the normal ones for a detector that trains on an unlabelled mix
+    (:class:`~skanomaly.detectors.HealthyGAN`); a normal-only detector refuses them. ``y``
+    is required; any other value (class names) is an error, and so is a ``y`` without
+    a normal image.
 
     Attributes
     ----------
@@ -124,6 +133,8 @@ class NormalOnly(BaseSampler):
         Normal images kept by the last ``fit_resample``.
     n_abnormal_ : int
         Abnormal images left out by the last ``fit_resample``.
+    n_unlabelled_ : int
+        Unlabelled images (``y == -1``) kept by the last ``fit_resample``.
 
     See Also
     --------
@@ -180,18 +191,26 @@ class NormalOnly(BaseSampler):
         Returns
         -------
         X_normal : same type as ``X``, shape (n_normal, ...)
-            The rows with ``y == 0``, in their order (a ``PatchBags`` stays marked).
+            The rows with ``y == 0`` (and the unlabelled ones, ``y == -1``), in their
+            order (a ``PatchBags`` stays marked).
         y_normal : same type as ``y``, shape (n_normal,)
-            Their labels (all 0).
+            Their labels (0, and -1 for unlabelled images).
         """
         (X,) = indexable(X)  # array-likes without __getitem__, COO matrices
         normal = self._normal_indices(X, y)
         return _safe_indexing(X, normal), _safe_indexing(y, normal)
 
     def _normal_indices(self, X, y):
-        labels = _check_labels(y, _num_samples(X), "NormalOnly")
-        normal = np.flatnonzero(labels == 0)
-        if normal.size == 0:
+        labels = _check_labels(y, _num_samples(X), "NormalOnly", allow_unlabelled=True)
+        normal = np.flatnonzero(labels != 1)
+        if not np.any(labels == 0) and np.any(labels == -1):
+            raise ValueError(
+                f"NormalOnly: y holds no normal image (0), only {np.unique(labels).tolist()}. If "
+                "these are predict's +1 (inlier) / -1 (outlier) convention, the labels here are "
+                "y = (y == -1).astype(int); -1 marks unlabelled images, which a detector trains on "
+                "beside normal ones, never alone."
+            )
+        if not np.any(labels == 0):
             raise ValueError(
                 f"NormalOnly: y marks all {labels.size} images abnormal, so no image is "
                 "left to train on. Check the labels (0 = normal, 1 = abnormal). In a grid "
@@ -199,12 +218,13 @@ class NormalOnly(BaseSampler):
                 "goes on with a NaN score: use a stratified splitter (StratifiedGroupKFold), "
                 "or wrap yours in OneClassSplit, which refuses such a fold before any fit."
             )
-        self.n_normal_ = int(normal.size)
-        self.n_abnormal_ = int(labels.size - normal.size)
+        self.n_normal_ = int(np.sum(labels == 0))
+        self.n_unlabelled_ = int(np.sum(labels == -1))
+        self.n_abnormal_ = int(np.sum(labels == 1))
         return normal
 
     def _fit_resample(self, X, y):
-        normal = np.flatnonzero(np.asarray(y) == 0)
+        normal = np.flatnonzero(np.asarray(y) != 1)
         return _safe_indexing(X, normal), _safe_indexing(y, normal)
 
     def __sklearn_tags__(self):
@@ -225,6 +245,12 @@ class OneClassSplit:
     part is unchanged. An int means
     :class:`~sklearn.model_selection.StratifiedKFold`, so that every validation part
     holds abnormal images.
+
+    **Unlabelled images** (``y == -1``, for a detector that trains on an unlabelled
+    mix, :class:`~skanomaly.detectors.HealthyGAN`) have no label to be scored on: they
+    join every training part and no validation part, except that with ``groups`` an
+    unlabelled image of a patient in the validation part stays out of that fold's
+    training part, so no patient is on both sides.
 
     Every training part must hold a normal image; a fold without one is refused when
     the folds are made, which ``GridSearchCV`` does before it fits anything (it would
@@ -271,23 +297,31 @@ class OneClassSplit:
         ----------
         X : array-like of shape (n_samples, ...)
         y : array-like of shape (n_samples,)
-            0 = normal, 1 = abnormal; required.
+            0 = normal, 1 = abnormal, -1 = unlabelled; required.
         groups : array-like of shape (n_samples,), default=None
             Passed to the wrapped splitter (patient ids for a group splitter).
 
         Yields
         ------
         train : ndarray of int
-            The normal images of the fold's training part.
+            The normal images of the fold's training part, and the unlabelled ones.
         validation : ndarray of int
             The fold's validation part, normal and abnormal.
         """
-        labels = _check_labels(y, _num_samples(X), "OneClassSplit")
+        labels = _check_labels(y, _num_samples(X), "OneClassSplit", allow_unlabelled=True)
+        unlabelled = np.flatnonzero(labels == -1)
+        patients = None if groups is None else column_or_1d(groups)
         cv = check_cv(self.cv, labels, classifier=True)
         for i, (train, validation) in enumerate(cv.split(X, labels, groups)):
-            train = np.asarray(train)
+            train, validation = np.asarray(train), np.asarray(validation)
             normal = train[labels[train] == 0]
-            if normal.size == 0:
+            if unlabelled.size:
+                validation = validation[labels[validation] != -1]
+                joining = unlabelled
+                if patients is not None:
+                    joining = unlabelled[~np.isin(patients[unlabelled], patients[validation])]
+                normal = np.union1d(normal, joining)
+            if not np.any(labels[normal] == 0):
                 raise ValueError(
                     f"OneClassSplit: the training part of fold {i} holds no normal image "
                     "(y == 0), so a detector has nothing to train on. Use a stratified "

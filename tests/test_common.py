@@ -14,6 +14,7 @@ square crop, dilation). The checks' data are random floats far outside [0, 1]
 
 import warnings
 
+import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -23,6 +24,7 @@ from skanomaly.detectors import (
     AnoGANDetector,
     CAEDetector,
     FAnoGANDetector,
+    HealthyGAN,
     OneClassAdversarialDetector,
     VAEDetector,
 )
@@ -39,7 +41,7 @@ from skanomaly.preprocessing import (
     Rescale,
     Resize,
 )
-from skanomaly.utils.estimator_checks import parametrize_with_detector_checks
+from skanomaly.utils.estimator_checks import _training_labels, parametrize_with_detector_checks
 
 STRIP = dict(image_shape=(1, -1))
 FAST_DETECTOR = dict(max_epochs=2, batch_size=16, random_state=0, augment=None, value_range=None, **STRIP)
@@ -74,6 +76,11 @@ SKLEARN_SETTINGS = {
     FAnoGANDetector: FAST_FANOGAN,
     # Two levels: 16 px squares, which strips of up to 16 px pad to.
     OneClassAdversarialDetector: dict(channels=(2, 2), latent_dim=2, contamination=0.1, **_FAST_GAN),
+    # Iterations, not epochs: four batches; strips pad to the networks' 8 or 24 px.
+    HealthyGAN: dict(
+        generator_width=2, n_residual_blocks=1, critic_width=2, max_iter=4, contamination=0.1,
+        **{key: value for key, value in _FAST_GAN.items() if key != "max_epochs"}
+    ),
 }
 
 DETECTORS = [cls(**SKLEARN_SETTINGS[cls]) for cls in REGISTERED_DETECTORS if cls in SKLEARN_SETTINGS]
@@ -92,7 +99,41 @@ def _labels_ignored(detector_class):
     return subclass
 
 
-LABELS_IGNORED = [_labels_ignored(type(detector))(**detector.get_params()) for detector in DETECTORS]
+def _semi_supervised(cls):
+    from skanomaly.utils.tags import get_detector_tags
+
+    return get_detector_tags(cls()).labels == "semi-supervised"
+
+
+def _half_unlabelled(detector_class):
+    """A semi-supervised detector with ``fit(X, y)`` calling ``fit(X, y_)``, ``y_``
+    marking every second image unlabelled (-1), the others known-normal (0): the
+    labels it needs, whatever (or whether) the check passes. Named like the normal-only
+    detectors' twins, since it stands in for them in the same tables."""
+    from sklearn.utils.validation import _num_samples
+
+    name = f"{detector_class.__name__}LabelsIgnored"
+
+    def fit(self, X, y=None):
+        try:
+            labels = np.zeros(_num_samples(X), dtype=int)
+            labels[1::2] = -1
+        except TypeError:  # not an array: let the detector's own validation say so
+            labels = None
+        return detector_class.fit(self, X, labels)
+
+    subclass = type(name, (detector_class,), {"fit": fit, "__module__": __name__})
+    globals()[name] = subclass
+    return subclass
+
+
+def _twin(detector_class):
+    if _semi_supervised(detector_class):
+        return _half_unlabelled(detector_class)
+    return _labels_ignored(detector_class)
+
+
+LABELS_IGNORED = [_twin(type(detector))(**detector.get_params()) for detector in DETECTORS]
 
 # ThresholdTuner around a fast detector: method="fpr" is the one that also works
 # without labels (fit(X) = all images normal), and cv=0.5 is one split, one training.
@@ -262,6 +303,35 @@ for _cls in REGISTERED_DETECTORS:
     EXPECTED_FAILURES[_cls.__name__] = dict.fromkeys(_DETECTOR_CHECKS_WITH_Y, _ABNORMAL_Y)
     EXPECTED_FAILURES[f"{_cls.__name__}LabelsIgnored"] = dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING)
 
+# A semi-supervised detector (HealthyGAN) cannot train without y: fit(X) is refused
+# (there is no unlabelled mix), so the checks that fit without labels fail too. Its
+# twin fits with half the images unlabelled; its offset_ then comes from the
+# known-normal half only (the mix may hold abnormal images), so the fraction of *all*
+# training images flagged is not `contamination`, which the outlier checks count.
+_NEEDS_Y = (
+    "fit needs y marking known-normal (0) and unlabelled (-1) images: without y it refuses to "
+    "train (no unlabelled mix), and class-like y (1, 2, ...) marks images abnormal; passes "
+    "with y = 0 / -1 (the *LabelsIgnored entry)"
+)
+_CHECKS_FITTING_WITHOUT_Y = [
+    "check_non_transformer_estimators_n_iter",
+    "check_outliers_fit_predict",
+    "check_outliers_train",
+    "check_outliers_train(readonly_memmap=True)",
+]
+_OFFSET_FROM_NORMALS = (
+    "offset_ comes from the known-normal training images only (the unlabelled mix may be "
+    "abnormal), so contamination is the fraction flagged among those, not among all of X "
+    "as the check counts"
+)
+SEMI_SUPERVISED = [cls for cls in REGISTERED_DETECTORS if _semi_supervised(cls)]
+for _cls in SEMI_SUPERVISED:
+    EXPECTED_FAILURES[_cls.__name__] = dict.fromkeys(_DETECTOR_CHECKS_WITH_Y + _CHECKS_FITTING_WITHOUT_Y, _NEEDS_Y)
+    EXPECTED_FAILURES[f"{_cls.__name__}LabelsIgnored"] = {
+        **dict.fromkeys(_BATCHING_CHECKS, _FLOAT32_BATCHING),
+        **dict.fromkeys(_CHECKS_FITTING_WITHOUT_Y[1:], _OFFSET_FROM_NORMALS),
+    }
+
 
 def _expected_failed_checks(estimator):
     return EXPECTED_FAILURES.get(type(estimator).__name__, {})
@@ -302,6 +372,11 @@ IMAGE_SETTINGS = {
         dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8),
         dict(components="U", channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8,
              anomaly_score="reconstruction", noise_std=0.0),
+    ],
+    HealthyGAN: [
+        dict(generator_width=4, n_residual_blocks=1, critic_width=4, max_iter=6, batch_size=8),
+        dict(generator_width=4, n_residual_blocks=0, critic_width=4, critic_layers=1, max_iter=6,
+             batch_size=8, anomaly_score="mask", lr_decay_iter=0),
     ],
     FAnoGANDetector: [
         dict(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
@@ -387,7 +462,13 @@ def test_missing_fast_settings_names_the_detector():
 @pytest.mark.parametrize("detector", REGISTERED_DETECTORS, ids=lambda cls: cls.__name__)
 def test_expected_failures_are_the_same_for_every_detector(detector):
     """Every detector (and its LabelsIgnored twin) expects the same checks to fail,
-    for the same reasons: labels, and float32 batching."""
+    for the same reasons: labels, and float32 batching (a semi-supervised detector:
+    its required labels, and an offset from its known normals)."""
+    if detector in SEMI_SUPERVISED:
+        assert set(EXPECTED_FAILURES[detector.__name__]) == set(EXPECTED_FAILURES["CAEDetector"]) | set(
+            _CHECKS_FITTING_WITHOUT_Y
+        )
+        return
     assert EXPECTED_FAILURES[detector.__name__] == EXPECTED_FAILURES["CAEDetector"]
     assert EXPECTED_FAILURES[f"{detector.__name__}LabelsIgnored"] == dict.fromkeys(
         _BATCHING_CHECKS, _FLOAT32_BATCHING
@@ -402,6 +483,7 @@ ARCHITECTURE_CHANGES = {
     AnoGANDetector: {"channels": (8,), "latent_dim": 3},
     FAnoGANDetector: {"gan_channels": (8, 8, 8, 8), "latent_dim": 3},
     OneClassAdversarialDetector: {"channels": (8, 8), "latent_dim": 3, "components": "U+D"},
+    HealthyGAN: {"generator_width": 2, "n_residual_blocks": 2, "critic_layers": 2},
 }
 
 
@@ -418,7 +500,8 @@ def test_architecture_params_set_after_fit_wait_for_the_next_fit(detector_class,
 
     images = np.random.default_rng(0).random((12, 16, 16), dtype=np.float32)
     detector = clone(FAST_IMAGE_DETECTORS[[type(d) for d in FAST_IMAGE_DETECTORS].index(detector_class)])
-    detector.set_params(random_state=0).fit(images)
+    y = _training_labels(detector, len(images))
+    detector.set_params(random_state=0).fit(images, y)
     expected = detector.score_samples(images)
     detector.set_params(**ARCHITECTURE_CHANGES[detector_class])
     np.testing.assert_array_equal(detector.score_samples(images), expected)
@@ -426,5 +509,5 @@ def test_architecture_params_set_after_fit_wait_for_the_next_fit(detector_class,
     loaded = load_model(tmp_path / "det.skan")
     np.testing.assert_array_equal(loaded.score_samples(images), expected)
     # ... and the next fit builds the new architecture.
-    refitted = detector.fit(images)
+    refitted = detector.fit(images, y)
     assert refitted.network_config_ != loaded.network_config_

@@ -235,7 +235,7 @@ def test_normal_only_keeps_the_normal_rows_of_any_layout(shape):
     "y, message",
     [
         (None, "needs the image labels y"),
-        (np.array([0, 1, 2, 0]), r"0 \(normal\) and 1 \(abnormal\) only; got the values \[0, 1, 2\]"),
+        (np.array([0, 1, 2, 0]), r"1 \(abnormal\) and -1 \(unlabelled\) only; got the values \[0, 1, 2\]"),
         (np.array([1, -1, 1, 1]), "predict's \\+1 \\(inlier\\) / -1"),
         (np.array(["NORMAL", "PNEUMONIA"] * 2), "y = \\(labels == 'PNEUMONIA'\\)"),
         (np.array([1, 1, 1, 1]), "all 4 images abnormal"),
@@ -573,3 +573,55 @@ def test_module_is_exported():
 
     assert skanomaly.model_selection.NormalOnly is NormalOnly
     assert re.search(r"NormalOnly", skanomaly.model_selection.__doc__)
+
+
+# ------------------------------------------------------- unlabelled images (y == -1)
+def test_normal_only_keeps_unlabelled_images_and_counts_them():
+    X = np.arange(6 * 2 * 2, dtype=np.float32).reshape(6, 2, 2)
+    y = np.array([0, 1, -1, 0, -1, 1])
+    X_kept, y_kept = NormalOnly().fit_resample(X, y)
+    assert_array_equal(X_kept, X[[0, 2, 3, 4]])
+    assert_array_equal(y_kept, [0, -1, 0, -1])
+    sampler = NormalOnly().fit(X, y)
+    assert (sampler.n_normal_, sampler.n_unlabelled_, sampler.n_abnormal_) == (2, 2, 2)
+
+
+@pytest.mark.filterwarnings("ignore:The groups parameter is ignored")
+def test_one_class_split_puts_unlabelled_images_in_training_parts_only():
+    y = np.array([0] * 12 + [1] * 8 + [-1] * 10)
+    groups = np.arange(30) // 2  # patients of two images each
+    X = np.zeros((30, 4))
+    for inner in [StratifiedKFold(4, shuffle=True, random_state=0), StratifiedGroupKFold(3), KFold(5, shuffle=True, random_state=1)]:
+        seen_in_validation = []
+        for train, valid in OneClassSplit(inner).split(X, y, groups):
+            assert set(y[train]) <= {0, -1} and np.any(y[train] == 0)
+            assert set(y[valid]) <= {0, 1}
+            # Every unlabelled image trains, unless its patient is being validated.
+            expected = [i for i in np.flatnonzero(y == -1) if groups[i] not in set(groups[valid])]
+            assert set(expected) <= set(train)
+            assert not set(groups[train[y[train] == -1]]) & set(groups[valid])
+            seen_in_validation.extend(valid)
+        # The labelled images are validated (KFold-type splitters: each once).
+        assert set(seen_in_validation) == set(np.flatnonzero(y != -1))
+    # Without groups, all unlabelled images join every training part.
+    for train, _ in OneClassSplit(StratifiedKFold(3)).split(X, y):
+        assert set(np.flatnonzero(y == -1)) <= set(train)
+
+
+@pytest.mark.parametrize(
+    "y, message",
+    [
+        (np.array([1, -1, 1, -1]), "predict's \\+1 \\(inlier\\) / -1"),
+        (np.array([0, 1, 2, -1]), "0 \\(normal\\), 1 \\(abnormal\\) and -1 \\(unlabelled\\) only"),
+    ],
+)
+def test_normal_only_unlabelled_errors(y, message):
+    with pytest.raises(ValueError, match=message):
+        NormalOnly().fit_resample(np.zeros((4, 4, 4)), y)
+
+
+def test_scorers_refuse_unlabelled_images_naming_them():
+    from skanomaly.metrics import anomaly_roc_auc
+
+    with pytest.raises(ValueError, match="-1 marks unlabelled images"):
+        anomaly_roc_auc([0, 1, -1], [0.1, 0.2, 0.3])

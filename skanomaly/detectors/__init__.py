@@ -8,6 +8,7 @@ files, the top-level namespace and the test tables are built from.
 from .anogan import AnoGANDetector
 from .autoencoders import CAEDetector, VAEDetector
 from .fanogan import FAnoGANDetector
+from .healthygan import HealthyGAN
 from .oneclass import OneClassAdversarialDetector
 
-__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "OneClassAdversarialDetector", "VAEDetector"]
+__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "HealthyGAN", "OneClassAdversarialDetector", "VAEDetector"]

@@ -36,7 +36,7 @@ terms without stepping, networks in eval mode, from a random stream restarted at
 each validation so epochs compare like with like.
 
 **A second, unlabelled stream.** ``fit(X, unlabelled=U)`` (or ``partial_fit``) adds
-a batch of ``U``, as large as the batch of ``X``, to every training iteration,
+a batch of ``U`` (an array, or a :class:`~.data.SampleSet` gathered batch by batch), as large as the batch of ``X``, to every training iteration,
 shuffled by a seeded stream of its own and cycled independently of ``X``'s epochs (HealthyGAN trains on a known-normal
 set and an unlabelled mixed one). The hook sees it as ``inputs["unlabelled"]``
 (``None`` without a stream, and in validation). The net keeps no reference to
@@ -60,6 +60,7 @@ from skorch.utils import TeeGenerator, to_tensor
 
 from ..utils.scoring import as_torch_buffer
 from .augment import augment_batch
+from .data import SampleSet
 from .nets import ROINet, StageNetMixin
 from .random import make_generator, stream_seeds
 
@@ -336,24 +337,39 @@ class AdversarialNet(StageNetMixin, ROINet):
         of a seeded shuffle of ``unlabelled``, reshuffled each time it runs out, so
         each real batch gets a batch of the same size (a critic that interpolates
         between the two streams needs that)."""
-        # Any numpy layout (reversed or strided views, Fortran order) is valid input.
-        if isinstance(unlabelled, np.ndarray):
-            unlabelled = as_torch_buffer(unlabelled)
-        data = to_tensor(unlabelled, device="cpu")
-        if data.ndim < 2 or len(data) < 1:
-            raise ValueError(f"unlabelled must hold at least one sample, got shape {tuple(data.shape)}.")
-        order, position = torch.randperm(len(data), generator=self.unlabelled_rng_), 0
+        if isinstance(unlabelled, SampleSet):
+            # Gathered (and padded) batch by batch, as the training data.
+            length = len(unlabelled)
+            if length < 1:
+                raise ValueError("unlabelled must hold at least one sample, got an empty SampleSet.")
+
+            def gather(positions):
+                return unlabelled.batch(positions.numpy())
+
+        else:
+            # Any numpy layout (reversed or strided views, Fortran order) is valid input.
+            if isinstance(unlabelled, np.ndarray):
+                unlabelled = as_torch_buffer(unlabelled)
+            data = to_tensor(unlabelled, device="cpu")
+            if data.ndim < 2 or len(data) < 1:
+                raise ValueError(f"unlabelled must hold at least one sample, got shape {tuple(data.shape)}.")
+            length = len(data)
+
+            def gather(positions):
+                return data[positions]
+
+        order, position = torch.randperm(length, generator=self.unlabelled_rng_), 0
         n = yield
         while True:
             taken = []
             while n > 0:
                 if position == len(order):
-                    order, position = torch.randperm(len(data), generator=self.unlabelled_rng_), 0
+                    order, position = torch.randperm(length, generator=self.unlabelled_rng_), 0
                 chunk = order[position : position + n]
                 taken.append(chunk)
                 position += len(chunk)
                 n -= len(chunk)
-            n = yield data[torch.cat(taken)]
+            n = yield gather(torch.cat(taken))
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -14,7 +14,9 @@ here once:
   :class:`StageNet` is the single-module stage net (an encoder) built on it.
 * :class:`MaxIter` ends training after a number of training batches, as GAN papers
   count iterations rather than epochs; :class:`~.nets.StageNetMixin` lets the epoch
-  in which the budget runs out close normally.
+  in which the budget runs out close normally. :class:`LinearLRDecay` brings every
+  optimiser's learning rate linearly to zero over the last iterations of such a
+  budget (StarGAN-style schedules, HealthyGAN).
 
 Typical settings of the papers (Adam throughout)::
 
@@ -41,7 +43,7 @@ from .nets import ROINet, StageNetMixin
 from .penalties import drift_penalty, gradient_penalty
 from .random import make_generator, rand, randn
 
-__all__ = ["StageNetMixin", "FrozenModulesMixin", "StageNet", "GANNet", "MaxIter"]
+__all__ = ["StageNetMixin", "FrozenModulesMixin", "StageNet", "GANNet", "MaxIter", "LinearLRDecay"]
 
 
 class FrozenModulesMixin:
@@ -530,3 +532,69 @@ class MaxIter(Callback):
         if stop is None:
             raise KeyboardInterrupt
         stop()
+
+
+class LinearLRDecay(Callback):
+    """Decay every optimiser's learning rate linearly to zero over the last
+    ``decay_iter`` of ``max_iter`` training batches.
+
+    Before training batch ``i`` of a ``fit`` / ``partial_fit`` call (0-based, counted
+    as :class:`MaxIter` counts), each parameter group's learning rate is its initial
+    one times ``min(1, (max_iter - i) / decay_iter)``: constant, then falling by
+    ``1 / decay_iter`` per batch, to ``1 / decay_iter`` of it at the last batch. The
+    initial rate is kept in the group's ``"initial_lr"`` (PyTorch schedulers' key),
+    so a ``partial_fit`` goes on from the rates it was set up with. The optimisers are
+    every ``optimizer_<group>_`` of an adversarial net's groups, or ``optimizer_``.
+
+    Parameters
+    ----------
+    max_iter : int
+        The training budget, as given to :class:`MaxIter`.
+    decay_iter : int
+        Batches at the end of it over which the rate falls (at most ``max_iter``).
+    """
+
+    _parameter_constraints: dict = {
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "decay_iter": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, max_iter, decay_iter):
+        self.max_iter = max_iter
+        self.decay_iter = decay_iter
+
+    def initialize(self):
+        validate_parameter_constraints(
+            self._parameter_constraints, {"max_iter": self.max_iter, "decay_iter": self.decay_iter},
+            caller_name="LinearLRDecay",
+        )
+        if self.decay_iter > self.max_iter:
+            raise ValueError(f"decay_iter={self.decay_iter} exceeds max_iter={self.max_iter}.")
+        self.n_iter_ = 0
+        return self
+
+    @staticmethod
+    def _optimizers(net):
+        groups = getattr(net, "OPTIMIZER_GROUPS", None)
+        if groups:
+            return [getattr(net, f"optimizer_{group}_") for group in groups]
+        return [net.optimizer_]
+
+    def factor(self, i):
+        """The learning-rate factor before training batch ``i`` (0-based)."""
+        return min(1.0, (self.max_iter - i) / self.decay_iter)
+
+    def on_train_begin(self, net, **kwargs):
+        self.n_iter_ = 0
+        for optimizer in self._optimizers(net):
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if not training:
+            return
+        factor = max(self.factor(self.n_iter_), 0.0)
+        for optimizer in self._optimizers(net):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        self.n_iter_ += 1

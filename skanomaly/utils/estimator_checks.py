@@ -67,9 +67,24 @@ def _images(detector, n=_N_IMAGES, seed=0):
     return images
 
 
+def _training_labels(detector, n):
+    """The ``y`` a check fits with: none for a normal-only detector; for a
+    semi-supervised one, every second image unlabelled (-1), the others normal (0)."""
+    if get_detector_tags(detector).labels != "semi-supervised":
+        return None
+    y = np.zeros(n, dtype=int)
+    y[1::2] = -1
+    return y
+
+
+def _fit(detector, images):
+    """``detector.fit(images)``, with the labels its semantics need."""
+    return detector.fit(images, _training_labels(detector, len(images)))
+
+
 def _fitted(detector, images=None):
     detector = clone(detector).set_params(random_state=0)
-    return detector.fit(_images(detector) if images is None else images)
+    return _fit(detector, _images(detector) if images is None else images)
 
 
 def _state(detector):
@@ -260,11 +275,11 @@ def check_random_state_determinism(detector):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    first = clone(detector).set_params(random_state=7).fit(images)
+    first = _fit(clone(detector).set_params(random_state=7), images)
     assert torch.equal(torch.rand(3), expected_draw), "fit drew from torch's global RNG"
-    second = clone(detector).set_params(random_state=7).fit(images)
+    second = _fit(clone(detector).set_params(random_state=7), images)
     np.testing.assert_array_equal(first.score_samples(images), second.score_samples(images))
-    third = clone(detector).set_params(random_state=8).fit(images)
+    third = _fit(clone(detector).set_params(random_state=8), images)
     assert not np.array_equal(first.score_samples(images), third.score_samples(images))
 
 
@@ -272,14 +287,14 @@ def check_threaded_fits_match_sequential(detector):
     """Detectors fitted at once in threads equal the same detectors fitted in turn."""
     images = _images(detector)
     seeds = (1, 2, 3)
-    sequential = [clone(detector).set_params(random_state=s).fit(images).score_samples(images) for s in seeds]
+    sequential = [_fit(clone(detector).set_params(random_state=s), images).score_samples(images) for s in seeds]
     results = {}
     barrier = threading.Barrier(len(seeds))
 
     def work(seed):
         fresh = clone(detector).set_params(random_state=seed)
         barrier.wait()
-        results[seed] = fresh.fit(images).score_samples(images)
+        results[seed] = _fit(fresh, images).score_samples(images)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in seeds]
     for thread in threads:
@@ -297,7 +312,7 @@ def check_failed_fit_leaves_unfitted(detector):
     broken = images.copy()
     broken[0, 0, -1] = np.inf
     try:
-        fitted.fit(broken)
+        _fit(fitted, broken)
     except ValueError:
         pass
     else:
@@ -344,7 +359,7 @@ def check_interrupted_fit_leaves_unfitted(detector):
         images = _images(fitted)
         fitted.set_params(**{stage: [*(fitted.get_params()[stage] or []), _InterruptAtBatch(batch=1)]})
         try:
-            fitted.fit(images)
+            _fit(fitted, images)
         except KeyboardInterrupt:
             pass
         else:
@@ -398,12 +413,12 @@ def check_refuses_values_outside_range(detector):
     images = _images(detector)
     for bad in (images * 255, images * 2 - 1):
         try:
-            clone(detector).fit(bad)
+            _fit(clone(detector), bad)
         except ValueError as err:
             assert "value_range" in str(err) and "Rescale" in str(err)
         else:
             raise AssertionError("fit accepted floats outside [0, 1]")
-    fitted = detector.fit(images)
+    fitted = _fit(detector, images)
     try:
         fitted.score_samples(images * 255)
     except ValueError as err:
@@ -411,7 +426,7 @@ def check_refuses_values_outside_range(detector):
     else:
         raise AssertionError("scoring accepted floats outside [0, 1]")
     # An explicit range maps to [0, 1]: 8-bit data held as floats scores like [0, 1].
-    as_255 = clone(detector).set_params(value_range=(0, 255)).fit(np.round(images * 255))
+    as_255 = _fit(clone(detector).set_params(value_range=(0, 255)), np.round(images * 255))
     scores_255 = as_255.score_samples(np.round(images * 255))
     # Scoring: the same fitted networks see the same pixels, up to the rounding of
     # (x - 0) / 255 against x / 255.
@@ -428,7 +443,7 @@ def check_refuses_values_outside_range(detector):
     tolerance = get_detector_tags(detector).training_tolerance
     np.testing.assert_allclose(
         scores_255,
-        clone(detector).fit(np.round(images * 255) / 255).score_samples(np.round(images * 255) / 255),
+        _fit(clone(detector), np.round(images * 255) / 255).score_samples(np.round(images * 255) / 255),
         rtol=tolerance.rtol,
         err_msg=f"training on (x - 0) / 255 against x / 255 ({tolerance.reason})",
     )
