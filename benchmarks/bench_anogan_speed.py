@@ -33,6 +33,7 @@ RESULTS = Path(__file__).parent / "results" / "anogan_speed.json"
 
 
 def matmul_gflops(device, size=2048, repeats=5):
+    """Best float32 rate of a square matrix product, GFLOP/s."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b

@@ -32,7 +32,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import Pipeline
 
 from skanomaly.datasets import load_pediatric_cxr
-from skanomaly.detectors import CAEDetector, OneClassAdversarialDetector, VAEDetector
+from skanomaly.detectors import CAEDetector, HealthyGAN, OneClassAdversarialDetector, VAEDetector
 from skanomaly.metrics import anomaly_roc_auc, youden_cutoff
 from skanomaly.preprocessing import CLAHE
 
@@ -86,6 +86,45 @@ def intensity_baseline(data, split):
     }
 
 
+def healthygan_sets(data, split, seed, same_sets=False):
+    """HealthyGAN's two training sets on the protocol's split, and its validation.
+
+    B (``y = 0``) is half of the training normal patients; the unlabelled mix A
+    (``y = -1``) is the other half plus, for as many images again, pneumonia patients
+    drawn from the validation split (their labels are never used), so A is about half
+    pneumonia. Those patients leave validation; the test split is the protocol's own.
+    ``same_sets``: A is B itself (the collapse the paper warns of).
+
+    Returns ``(X, y, validation, proportions)``.
+    """
+    train, validation, _ = split
+    patients = np.asarray(data.patient_ids)
+    halves = GroupShuffleSplit(n_splits=1, train_size=0.5, random_state=seed + 2)
+    b_pos, a_pos = next(halves.split(train, groups=patients[train]))
+    known, mix_normal = train[b_pos], train[a_pos]
+    if same_sets:
+        mix = known
+    else:
+        sick = validation[data.labels[validation] == 1]
+        order = np.random.default_rng(seed + 3).permutation(np.unique(patients[sick]))
+        counts = np.array([np.sum(patients[sick] == p) for p in order])
+        chosen = set(order[: int(np.searchsorted(np.cumsum(counts), len(mix_normal))) + 1])
+        mix_sick = sick[np.isin(patients[sick], list(chosen))]
+        validation = validation[~np.isin(patients[validation], list(chosen))]
+        mix = np.concatenate([mix_normal, mix_sick])
+    X = data.images[np.concatenate([known, mix])]
+    y = np.r_[np.zeros(len(known), dtype=int), -np.ones(len(mix), dtype=int)]
+    proportions = {
+        "known_normal_B": int(len(known)),
+        "unlabelled_A": int(len(mix)),
+        "unlabelled_A_pneumonia_share": float(np.mean(data.labels[mix] == 1)),
+        "validation_left": {"normal": int(np.sum(data.labels[validation] == 0)),
+                            "pneumonia": int(np.sum(data.labels[validation] == 1))},
+        "A_is_B": bool(same_sets),
+    }
+    return X, y, validation, proportions
+
+
 def detectors(args, seed):
     common = dict(
         lr=args.lr, batch_size=32, max_epochs=args.epochs, random_state=seed, device="auto"
@@ -103,8 +142,20 @@ def detectors(args, seed):
         )
         for components in ("U", "U+E", "U+D", "U+D+E")
     }
+    # HealthyGAN at a CPU budget (the paper: width 64, 6 residual blocks, 400,000
+    # iterations at 256 px); its other settings are the paper's.
+    healthygan = {
+        name: (
+            HealthyGAN(generator_width=args.healthygan_width, n_residual_blocks=args.healthygan_blocks,
+                       critic_width=args.healthygan_width, max_iter=args.healthygan_iterations,
+                       random_state=seed, device="auto"),
+            ["paper", "mask"],
+        )
+        for name in ("HealthyGAN", "HealthyGAN[A=B]")
+    }
     return {
         **oneclass,
+        **healthygan,
         "CAEDetector": (
             CAEDetector(channels=(16, 32, 64, 128), anomaly_score="mse", **common),
             ["mse", "l1", ("topk", 200), ("topk", 200, "l1")],
@@ -116,11 +167,20 @@ def detectors(args, seed):
     }
 
 
-def evaluate(name, det, candidate_scores, data, split):
+def evaluate(name, det, candidate_scores, data, split, seed=0):
     train, validation, test = split
+    extra = {}
+    if isinstance(det, HealthyGAN):
+        X, y, validation, extra["training_sets"] = healthygan_sets(data, split, seed, same_sets="A=B" in name)
+    else:
+        X, y = data.images[train], None
     start = time.perf_counter()
-    det.fit(data.images[train])
+    det.fit(X, y)
     train_seconds = time.perf_counter() - start
+    if isinstance(det, HealthyGAN):
+        trained_images = det.max_iter * det.batch_size
+    else:
+        trained_images = len(train) * len(det.history_)
     per_score, validation_scores = {}, {}
     for score in candidate_scores:
         det.set_params(anomaly_score=score)
@@ -153,7 +213,8 @@ def evaluate(name, det, candidate_scores, data, split):
         "train_seconds": train_seconds,
         "score_ms_per_image": score_ms,
         "final_train_loss": float(det.history_[-1, "train_loss"]),
-        "train_images_per_second": len(train) * len(det.history_) / train_seconds,
+        "train_images_per_second": trained_images / train_seconds,
+        **extra,
     }
     print(
         f"{name}: chosen {chosen} (validation AUC {per_score[chosen]:.3f}); test AUC "
@@ -275,6 +336,12 @@ def main(argv=None):
         "--oneclass-epochs", type=int, default=15,
         help="epochs of OneClassAdversarialDetector (the paper's 15; its other settings are the paper's)",
     )
+    parser.add_argument("--healthygan-width", type=int, default=8,
+                        help="HealthyGAN's generator and critic width (the paper's 64)")
+    parser.add_argument("--healthygan-blocks", type=int, default=2,
+                        help="HealthyGAN's residual blocks (the paper's 6)")
+    parser.add_argument("--healthygan-iterations", type=int, default=3000,
+                        help="HealthyGAN's training iterations of batch 16 (the paper's 400,000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (random_state) of the detectors"
@@ -366,7 +433,7 @@ def main(argv=None):
             else:
                 results.setdefault("command_per_detector", {})[name] = results["command"]
                 per_seed = results["detectors"].setdefault(name, {"per_seed": {}}).setdefault("per_seed", {})
-                per_seed[str(seed)] = evaluate(name, det, candidates, data, split)
+                per_seed[str(seed)] = evaluate(name, det, candidates, data, split, seed)
             summarise_and_write()
     summarise_and_write()
     for name, entry in results["detectors"].items():

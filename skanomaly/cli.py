@@ -191,6 +191,12 @@ def build_parser():
         "--train", required=True, metavar="DIR_OR_CSV",
         help="training images: a folder (searched recursively), a NORMAL/-class layout or a CSV",
     )
+    fit.add_argument(
+        "--unlabelled", metavar="DIR_OR_CSV",
+        help="a semi-supervised detector's (HealthyGAN's) second training set: an unlabelled "
+        "mix of normal and abnormal images, never the test images (any labels it has are "
+        "not used); --train then holds the known-normal images",
+    )
     fit.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
     fit.add_argument(
         "--normal-class", default=NORMAL_CLASS, metavar="NAME",
@@ -869,9 +875,11 @@ def _info(args, message, level=1):
 
 # ----------------------------------------------------------------- commands
 def _fit(args):
+    import numpy as np
     from sklearn.pipeline import make_pipeline
 
     from .io import save_model
+    from .utils.tags import get_detector_tags
 
     steps, (det_cls, det_params), size = _build_spec(args)
     _check_device(args.device)
@@ -896,6 +904,25 @@ def _fit(args):
             random_state=det_params["random_state"],
         )
 
+    semi_supervised = get_detector_tags(detector).labels == "semi-supervised"
+    if args.unlabelled is not None and not semi_supervised:
+        raise UsageError(
+            f"--unlabelled is for detectors that train on an unlabelled mix (HealthyGAN); "
+            f"{det_cls.__name__} trains on normal images only: leave --unlabelled out"
+        )
+    if semi_supervised and args.unlabelled is None:
+        raise UsageError(
+            f"{det_cls.__name__} trains on two sets: --train (known-normal images) and "
+            "--unlabelled DIR_OR_CSV (an unlabelled mix of normal and abnormal images, "
+            "never the test images); pass both"
+        )
+    if semi_supervised and args.calibration is not None:
+        raise UsageError(
+            "--calibration holds out training images of a one-class detector; calibrate a "
+            f"{det_cls.__name__} model afterwards on normal images it never saw: "
+            "'skanomaly calibrate MODEL DIR'"
+        )
+
     with _Staging() as staging:
         tmp_model = staging.file(args.out, "--out")
         paths, labels = _gather(args.train, "--train", args.normal_class)
@@ -916,6 +943,18 @@ def _fit(args):
         X = _load(paths, size, args, getattr(model, "estimator", model), fitting=True)
         if X.shape[0] < 2:
             raise UsageError(f"--train '{args.train}' has {X.shape[0]} image; need at least 2")
+        y = None
+        if args.unlabelled is not None:
+            mixed_paths, _ = _gather(args.unlabelled, "--unlabelled", args.normal_class)
+            mixed = _load(mixed_paths, size, args, getattr(model, "estimator", model), fitting=True)
+            if mixed.shape[1:] != X.shape[1:]:
+                raise UsageError(
+                    f"--unlabelled images are {mixed.shape[1]}x{mixed.shape[2]} px and --train "
+                    f"images {X.shape[1]}x{X.shape[2]}: pass --size N to resize both"
+                )
+            _info(args, f"Unlabelled mix: {len(mixed_paths)} images from {args.unlabelled}")
+            y = np.r_[np.zeros(X.shape[0], dtype=int), -np.ones(mixed.shape[0], dtype=int)]
+            X = np.concatenate([X, mixed])
         _info(args, f"Model: {model}", level=2)
         # Every training stage shows its progress (iterations of the total, elapsed,
         # ETA, loss terms) through the detector's own verbose output.
@@ -933,7 +972,7 @@ def _fit(args):
         )
         start = time.perf_counter()
         try:
-            model.fit(X)
+            model.fit(X, y)
         except ValueError as err:
             raise UsageError(f"training failed: {_one_line(err)}") from None
         seconds = time.perf_counter() - start

@@ -38,7 +38,14 @@ CLI_PARAMS = {
     "OneClassAdversarialDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
     "FAnoGANDetector": _params(encoder="critic", gan_channels="4,4,4,4", latent_dim=4, gan_iterations=6,
                                max_epochs=2),
+    # {train}: the training folder, NORMAL and ABNORMAL, as the unlabelled mix.
+    "HealthyGAN": _params(generator_width=2, n_residual_blocks=1, critic_width=2, max_iter=4)
+    + ["--unlabelled", "{train}"],
 }
+
+
+def _cli_params(name, folders):
+    return [arg.replace("{train}", str(folders / "train")) for arg in CLI_PARAMS[name]]
 
 
 def test_demo_trains_reports_and_writes_model_and_figure(tmp_path, capsys):
@@ -138,7 +145,7 @@ def test_every_detector_fits_and_scores_from_the_command_line(name, folders, tmp
     if name not in CLI_PARAMS:
         pytest.fail(f"no fast command-line settings for {name} (CLI_PARAMS)")
     model, out = tmp_path / "model.skan", tmp_path / "scores.csv"
-    assert main(["fit", "--detector", name, *CLI_PARAMS[name], "--train", str(folders / "train"),
+    assert main(["fit", "--detector", name, *_cli_params(name, folders), "--train", str(folders / "train"),
                  "--out", str(model), "-q"]) == 0
     assert main(["score", str(model), str(folders / "test"), "--out", str(out), "-q"]) == 0
     loaded = load_model(model)
@@ -411,7 +418,7 @@ def test_ctrl_c_in_any_training_stage_exits_130_and_writes_nothing(name, stage, 
 
     monkeypatch.setattr(NeuralNet, "notify", interrupt_during)
     out = tmp_path / "model.skan"
-    code = main(["fit", "--detector", name, *CLI_PARAMS[name], "--train", str(folders / "train"),
+    code = main(["fit", "--detector", name, *_cli_params(name, folders), "--train", str(folders / "train"),
                  "--out", str(out), "-q"])
     err = capsys.readouterr().err
     assert code == 130, err
@@ -613,3 +620,23 @@ def test_maps_are_written_at_the_files_size_with_a_colour_bar(folders, tmp_path)
     assert coloured.size > 0
     column = bar[:, coloured[0]].astype(int)
     assert np.abs(column[1] - column[-2]).sum() > 200
+
+
+def test_a_semi_supervised_detector_takes_its_unlabelled_mix_and_no_other_does(folders, tmp_path, capsys):
+    model = tmp_path / "hg.skan"
+    train = str(folders / "train")
+    healthygan = ["fit", "--detector", "healthygan", *_params(generator_width=2, n_residual_blocks=1,
+                  critic_width=2, max_iter=2), "--train", train, "--out", str(model)]
+    assert main(healthygan) == 2
+    assert "--unlabelled DIR_OR_CSV (an unlabelled mix" in capsys.readouterr().err
+    assert main([*healthygan, "--unlabelled", train, "--calibration", "0.2"]) == 2
+    assert "skanomaly calibrate" in capsys.readouterr().err
+    assert main(["fit", "--detector", "cae", *CAE_PARAMS, "--train", train, "--unlabelled", train,
+                 "--out", str(model)]) == 2
+    assert "CAEDetector trains on normal images only" in capsys.readouterr().err
+    assert not model.exists()
+    assert main([*healthygan, "--unlabelled", train]) == 0
+    err = capsys.readouterr().err
+    assert "training on its 30 normal images" in err and "Unlabelled mix: 35 images" in err
+    fitted = load_model(model)
+    assert (fitted.n_normal_, fitted.n_unlabelled_) == (30, 35)

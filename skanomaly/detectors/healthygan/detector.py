@@ -127,7 +127,10 @@ class HealthyGAN(BaseDeepDetector):
         ``critic_layers`` of the fitted networks.
     n_normal_, n_unlabelled_ : int
         Known-normal and unlabelled training images.
-    offset_, image_shape_, history_, histories_, n_iter_, n_features_in_
+    n_iter_ : int
+        Epochs (passes over the known-normal images) that the ``max_iter``
+        iterations took, as every detector counts them.
+    offset_, image_shape_, history_, histories_, n_features_in_
         As in :class:`~skanomaly.detectors.CAEDetector`; ``histories_ =
         {"adversarial": ...}``.
 
@@ -285,6 +288,19 @@ class HealthyGAN(BaseDeepDetector):
                 f"side={checked['side']} is not a multiple of {multiple} that holds {tuple(image_shape)}"
             )
         return checked
+
+    # ------------------------------------------------------------ persistence
+    def _fitted_state(self):
+        return {**super()._fitted_state(), "n_normal_": self.n_normal_, "n_unlabelled_": self.n_unlabelled_}
+
+    def _set_fitted_state(self, state):
+        counts = {key: state.get(key) if isinstance(state, dict) else None for key in ("n_normal_", "n_unlabelled_")}
+        for key, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"invalid fitted state in the model file: {key}={value!r}")
+        super()._set_fitted_state(state)
+        for key, value in counts.items():
+            setattr(self, key, value)
 
     # ------------------------------------------------------------- training
     def _max_epochs(self):
