@@ -72,6 +72,12 @@ class HealthyGAN(BaseDeepDetector):
     the last 100,000, which lowers it by a thousandth in all; the paper says it
     decays, and this decays it as stated.
 
+    The schedule is long, and what the masks learn depends on it: at the budgets a
+    CPU affords (a few thousand iterations) they saturate near 1 on every image and
+    the detector is at chance on phantoms (the user guide and
+    ``benchmarks/README.md`` give the figures). Train on a GPU near the paper's
+    budget, and check on validation data that the masks of normal images are small.
+
     **Score:** ``mean|x - x^|`` over the region of interest, in pixel units;
     ``anomaly_map`` is ``|x - x^|`` and :meth:`attention_map` the mask m, both NaN
     outside the region of interest. ``offset_`` comes from the known-normal
