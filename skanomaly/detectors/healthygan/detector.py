@@ -310,8 +310,9 @@ class HealthyGAN(BaseDeepDetector):
 
     # ------------------------------------------------------------- training
     def _max_epochs(self):
-        # Iterations end training (MaxIter); the epochs only bound it from above.
-        return getattr(self, "_epochs_for_budget", 1)
+        # Iterations end training (MaxIter); _fit_networks sets the epochs that bound
+        # them from above, from the training set's size.
+        return 1
 
     def _make_net(self, device):
         """The net, for training and for loading weights into alike: its networks from
@@ -343,16 +344,12 @@ class HealthyGAN(BaseDeepDetector):
         self.n_normal_ = int(np.sum(y == 0))
         self.n_unlabelled_ = int(np.sum(y == -1))
         batches = max(1, math.ceil(len(train) / self.batch_size))
-        self._epochs_for_budget = math.ceil(self.max_iter / batches)
-        try:
-            net = self._make_net(device)
-        finally:
-            del self._epochs_for_budget
+        net = self._make_net(device)
         decay = self._decay_iterations()
         schedule = [("max_iter", MaxIter(int(self.max_iter)))]
         if decay:
             schedule.append(("lr_decay", LinearLRDecay(int(self.max_iter), decay)))
-        net.set_params(callbacks=[*schedule, *net.callbacks])
+        net.set_params(max_epochs=math.ceil(self.max_iter / batches), callbacks=[*schedule, *net.callbacks])
         if valid is not None:
             net.set_params(train_split=predefined_split(valid))
         net.fit(train, None, unlabelled=unlabelled)
