@@ -32,7 +32,14 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import Pipeline
 
 from skanomaly.datasets import load_pediatric_cxr
-from skanomaly.detectors import CAEDetector, HealthyGAN, OneClassAdversarialDetector, VAEDetector
+from skanomaly.detectors import (
+    AlphaGANDetector,
+    BiGANDetector,
+    CAEDetector,
+    HealthyGAN,
+    OneClassAdversarialDetector,
+    VAEDetector,
+)
 from skanomaly.metrics import anomaly_roc_auc, youden_cutoff
 from skanomaly.preprocessing import CLAHE
 
@@ -153,9 +160,24 @@ def detectors(args, seed):
         )
         for name in ("HealthyGAN", "HealthyGAN[A=B]")
     }
+    # The hand X-ray paper's GANs at a CPU budget (the paper: 128 px, widths 64-1024,
+    # 500 epochs); latent 100, batch 16, the learning rates, losses and flips are the
+    # paper's, and validation chooses among Table 1's scores.
+    handxray = dict(channels=tuple(args.handxray_channels), max_epochs=args.handxray_epochs,
+                    attention=not args.handxray_no_attention, random_state=seed, device="auto")
+    gans = {
+        "BiGANDetector": (BiGANDetector(**handxray), ["discriminator", "mse", ("topk", 200)]),
+        # Minibatch-discrimination kernels of 16 dimensions (the code's 256 make a
+        # 2048 x 64 x 256 tensor at these widths, most of the training time on a CPU).
+        "AlphaGANDetector": (
+            AlphaGANDetector(minibatch_kernel_dims=args.alphagan_kernel_dims, **handxray),
+            ["paper", "discriminator", "code", "mse", ("topk", 200)],
+        ),
+    }
     return {
         **oneclass,
         **healthygan,
+        **gans,
         "CAEDetector": (
             CAEDetector(channels=(16, 32, 64, 128), anomaly_score="mse", **common),
             ["mse", "l1", ("topk", 200), ("topk", 200, "l1")],
@@ -342,6 +364,15 @@ def main(argv=None):
                         help="HealthyGAN's residual blocks (the paper's 6)")
     parser.add_argument("--healthygan-iterations", type=int, default=3000,
                         help="HealthyGAN's training iterations of batch 16 (the paper's 400,000)")
+    parser.add_argument("--handxray-channels", type=int, nargs="+", default=[8, 16, 32, 64],
+                        help="BiGAN's and alpha-GAN's widths (the paper's 64 ... 1024 at 128 px)")
+    parser.add_argument("--handxray-epochs", type=int, default=3,
+                        help="BiGAN's and alpha-GAN's epochs (the paper's 500)")
+    parser.add_argument("--handxray-no-attention", action="store_true",
+                        help="BiGAN and alpha-GAN without self-attention (the code's attention at 32 x 32 "
+                        "costs most of a CPU's time at 64 px)")
+    parser.add_argument("--alphagan-kernel-dims", type=int, default=16,
+                        help="alpha-GAN's minibatch-discrimination kernel dimensions (the code's 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (random_state) of the detectors"

@@ -12,7 +12,9 @@ __version__ = "0.1.0.dev0"
 
 from . import conformal, datasets, detectors, metrics, model_selection, parallel, preprocessing  # noqa: E402
 from .detectors import (  # noqa: E402
+    AlphaGANDetector,
     AnoGANDetector,
+    BiGANDetector,
     CAEDetector,
     FAnoGANDetector,
     HealthyGAN,
@@ -22,7 +24,9 @@ from .detectors import (  # noqa: E402
 from .io import load_model, save_model  # noqa: E402
 
 __all__ = [
+    "AlphaGANDetector",
     "AnoGANDetector",
+    "BiGANDetector",
     "CAEDetector",
     "FAnoGANDetector",
     "HealthyGAN",

@@ -393,15 +393,15 @@ def get_scorer(scoring):
     package's names score ``score_samples`` with abnormal (``y == 1``) as the positive
     class:
 
-    ==================================  ==============================================
-    ``"roc_auc_anomaly"``               :func:`~skanomaly.metrics.anomaly_roc_auc`
-    ``"average_precision_anomaly"``     :func:`~skanomaly.metrics.anomaly_average_precision`
-    ``"partial_roc_auc_anomaly"``       :func:`~skanomaly.metrics.partial_anomaly_roc_auc`,
-                                        ``max_fpr=0.1``
-    ``"sensitivity_at_90_specificity"`` :func:`~skanomaly.metrics.sensitivity_at_specificity`,
-                                        ``specificity=0.9``
-    ``"sensitivity_at_95_specificity"`` the same at ``specificity=0.95``
-    ==================================  ==============================================
+    ====================================  ======================================================
+    ``"roc_auc_anomaly"``                 :func:`~skanomaly.metrics.anomaly_roc_auc`
+    ``"average_precision_anomaly"``       :func:`~skanomaly.metrics.anomaly_average_precision`
+    ``"partial_roc_auc_anomaly"``         :func:`~skanomaly.metrics.partial_anomaly_roc_auc`,
+                                          ``max_fpr=0.1``
+    ``"sensitivity_at_90_specificity"``   :func:`~skanomaly.metrics.sensitivity_at_specificity`,
+                                          ``specificity=0.9``
+    ``"sensitivity_at_95_specificity"``   the same at ``specificity=0.95``
+    ====================================  ======================================================
 
     scikit-learn's own ``"roc_auc"`` and ``"average_precision"`` rank a detector's
     ``decision_function`` (higher = normal) with label 1 as the positive class: they

@@ -37,6 +37,8 @@ CLI_PARAMS = {
     "VAEDetector": _params(channels="4,8", latent_dim=4, max_epochs=2),
     "AnoGANDetector": _params(channels="4,8", latent_dim=4, max_epochs=2, n_search_steps=3),
     "OneClassAdversarialDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
+    "BiGANDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
+    "AlphaGANDetector": _params(channels="4,8,8", latent_dim=4, minibatch_kernel_dims=4, max_epochs=2),
     "FAnoGANDetector": _params(encoder="critic", gan_channels="4,4,4,4", latent_dim=4, gan_iterations=6,
                                max_epochs=2),
     # {train}: the training folder, NORMAL and ABNORMAL, as the unlabelled mix.

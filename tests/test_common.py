@@ -21,7 +21,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly.conformal import ConformalDetector
 from skanomaly.detectors import (
+    AlphaGANDetector,
     AnoGANDetector,
+    BiGANDetector,
     CAEDetector,
     FAnoGANDetector,
     HealthyGAN,
@@ -76,6 +78,11 @@ SKLEARN_SETTINGS = {
     FAnoGANDetector: FAST_FANOGAN,
     # Two levels: 16 px squares, which strips of up to 16 px pad to.
     OneClassAdversarialDetector: dict(channels=(2, 2), latent_dim=2, contamination=0.1, **_FAST_GAN),
+    # Four updates or more per batch: larger batches keep the checks on 300 strips short.
+    BiGANDetector: dict(channels=(2, 2), latent_dim=2, attention=False, contamination=0.1,
+                        **{**_FAST_GAN, "batch_size": 64}),
+    AlphaGANDetector: dict(channels=(2, 2), latent_dim=2, attention=False, minibatch_channels=1,
+                           minibatch_kernel_dims=2, contamination=0.1, **{**_FAST_GAN, "batch_size": 64}),
     # Iterations, not epochs: four batches; strips pad to the networks' 8 or 24 px.
     HealthyGAN: dict(
         generator_width=2, n_residual_blocks=1, critic_width=2, max_iter=4, contamination=0.1,
@@ -373,6 +380,16 @@ IMAGE_SETTINGS = {
         dict(components="U", channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8,
              anomaly_score="reconstruction", noise_std=0.0),
     ],
+    BiGANDetector: [
+        dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8),
+        dict(channels=(4, 8), latent_dim=4, max_epochs=2, batch_size=8, adversarial_loss="hinge",
+             anomaly_score=("topk", 7), attention=False),
+    ],
+    AlphaGANDetector: [
+        dict(channels=(4, 8), latent_dim=4, minibatch_kernel_dims=4, max_epochs=2, batch_size=8),
+        dict(channels=(4, 8), latent_dim=4, minibatch_channels=0, max_epochs=2, batch_size=8, anomaly_score="mse",
+             attention=False, augment=None),
+    ],
     HealthyGAN: [
         dict(generator_width=4, n_residual_blocks=1, critic_width=4, max_iter=6, batch_size=8),
         dict(generator_width=4, n_residual_blocks=0, critic_width=4, critic_layers=1, max_iter=6,
@@ -484,6 +501,8 @@ ARCHITECTURE_CHANGES = {
     FAnoGANDetector: {"gan_channels": (8, 8, 8, 8), "latent_dim": 3},
     OneClassAdversarialDetector: {"channels": (8, 8), "latent_dim": 3, "components": "U+D"},
     HealthyGAN: {"generator_width": 2, "n_residual_blocks": 2, "critic_layers": 2},
+    BiGANDetector: {"channels": (8, 8), "latent_dim": 3, "attention": False},
+    AlphaGANDetector: {"channels": (8, 8), "latent_dim": 3, "minibatch_channels": 2, "minibatch_kernel_dims": 3},
 }
 
 

@@ -114,16 +114,19 @@ def load_jsrt(data_dir, *, size=None, include_masks=True, n_jobs=None):
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
-        images : ndarray (n_studies, H, W), float32 in [0, 1], bone bright.
-        masks : ndarray (n_studies, H, W) of bool, or None.
+        images : ndarray (n_studies, H, W)
+            float32 in [0, 1], bone bright.
+        masks : ndarray (n_studies, H, W) of bool, or None
             Resized by area fraction and thresholded at 0.5.
         labels : ndarray (n_studies,) of int64
             1 = lung nodule (abnormal, ``JPCLN``), 0 = normal (``JPCNN``).
         centers : ndarray (n_studies, 2) of float64
             Nodule centre ``(x, y)`` in pixels of the returned images,
             ``x = x_2048 * W / 2048`` (and ``y`` with ``H``); NaN for normal studies.
-        study_ids : ndarray (n_studies,) of str, e.g. ``"JPCLN001"``, sorted.
-        filenames : ndarray (n_studies,) of str, the image paths.
+        study_ids : ndarray (n_studies,) of str
+            e.g. ``"JPCLN001"``, sorted.
+        filenames : ndarray (n_studies,) of str
+            The image paths.
         metadata : list of dict
             One dict per study, in the same order, with the columns of metadata.csv
             (numbers parsed as int/float, empty cells as ``None``; ``study_id`` without
@@ -288,13 +291,16 @@ def load_pediatric_cxr(
     data : :class:`~sklearn.utils.Bunch`
         images : ndarray (n_images, H, W), float32 in [0, 1]
             The files are RGB with equal channels; they become BT.601 luma.
-        labels : ndarray (n_images,) of int64, 1 = pneumonia, 0 = normal.
+        labels : ndarray (n_images,) of int64
+            1 = pneumonia, 0 = normal.
         patient_ids : ndarray (n_images,) of str
             ``"person1"``, ``"IM-0115"``, ``"NORMAL2-IM-1427"``: use them as ``groups``
             (e.g. :class:`~sklearn.model_selection.GroupShuffleSplit`) so that no
             patient is in both training and test data.
-        filenames : ndarray (n_images,) of str, the image paths.
-        subtypes : ndarray (n_images,) of str, ``"normal"``, ``"bacteria"`` or ``"virus"``.
+        filenames : ndarray (n_images,) of str
+            The image paths.
+        subtypes : ndarray (n_images,) of str
+            ``"normal"``, ``"bacteria"`` or ``"virus"``.
 
     Raises
     ------

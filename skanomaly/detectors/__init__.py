@@ -5,10 +5,21 @@ declaration and its estimator); ``__all__`` here is the list of detectors that m
 files, the top-level namespace and the test tables are built from.
 """
 
+from .alphagan import AlphaGANDetector
 from .anogan import AnoGANDetector
 from .autoencoders import CAEDetector, VAEDetector
+from .bigan import BiGANDetector
 from .fanogan import FAnoGANDetector
 from .healthygan import HealthyGAN
 from .oneclass import OneClassAdversarialDetector
 
-__all__ = ["AnoGANDetector", "CAEDetector", "FAnoGANDetector", "HealthyGAN", "OneClassAdversarialDetector", "VAEDetector"]
+__all__ = [
+    "AlphaGANDetector",
+    "AnoGANDetector",
+    "BiGANDetector",
+    "CAEDetector",
+    "FAnoGANDetector",
+    "HealthyGAN",
+    "OneClassAdversarialDetector",
+    "VAEDetector",
+]

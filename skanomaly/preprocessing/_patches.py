@@ -51,7 +51,7 @@ class PatchExtractor(BaseImageTransformer):
 
     Attributes
     ----------
-    patch_positions_ : ndarray of shape (n_patches_, 2)
+    patch_positions_ : ndarray of shape (``n_patches_``, 2)
         ``(row, col)`` of each patch's top-left pixel, in bag order (row-major).
     n_patches_ : int
         Number of patches per image, ``P``.

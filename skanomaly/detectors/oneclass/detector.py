@@ -34,7 +34,7 @@ class OneClassAdversarialDetector(BaseDeepDetector):
     **Training** (stage ``"adversarial"``, :class:`~skanomaly.detectors.oneclass.training.OneClassAdversarialNet`):
     each batch, D steps on BCE(D(x), 1) + BCE(D(x'), 0), then U and E step together on
     ``20 L_R + 4 L_A + 8 L_E + L_F`` (:mod:`~skanomaly.detectors.oneclass.losses`):
-    L_R = mean|x - x'|, L_A = BCE(D(x'), 1), L_E = MSE(U_E(x), E(x')), L_F the summed
+    ``L_R = mean|x - x'|``, ``L_A = BCE(D(x'), 1)``, ``L_E = MSE(U_E(x), E(x'))``, L_F the summed
     MSE of U_E's and E's feature maps. Adam 5e-4, betas (0.5, 0.999), batch 64, 15
     epochs; U's input gets Gaussian noise in training (``noise_std``: the paper adds
     noise but gives no sigma). Every term is in ``histories_["adversarial"]``
