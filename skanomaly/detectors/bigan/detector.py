@@ -43,8 +43,8 @@ class BiGANDetector(HandXrayGANDetector):
     ``"discriminator"``, ``1 - D(x, E(x))`` (the paper's best BiGAN score, AUC 0.549
     on MURA hands); ``"mse"``, the mean squared error of ``G(E(x))`` over the region
     of interest; ``("topk", 200)``, the mean of the 200 largest squared errors.
-    ``anomaly_map`` is the squared error of ``G(E(x))`` in pixel units, NaN outside
-    the region of interest, whatever the score.
+    ``anomaly_map`` is the squared error of ``G(E(x))`` in pixel units (absolute error
+    for the ``"l1"`` scores), NaN outside the region of interest.
 
     Parameters
     ----------
