@@ -19,6 +19,7 @@ from .detectors import (  # noqa: E402
     FAnoGANDetector,
     HealthyGAN,
     OneClassAdversarialDetector,
+    SyntheticAnomalyDetector,
     VAEDetector,
 )
 from .io import load_model, save_model  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "FAnoGANDetector",
     "HealthyGAN",
     "OneClassAdversarialDetector",
+    "SyntheticAnomalyDetector",
     "VAEDetector",
     "conformal",
     "datasets",

@@ -14,6 +14,9 @@ module makes the normal-only protocol first-class:
   abnormal images from every training fold (mind the refit caveat in its docstring);
 * scorers on ``score_samples`` with abnormal (``y == 1``) as the positive class,
   resolved by name with :func:`get_scorer`;
+* :func:`acquisition_shift_split`, a test split that a random patient split hides:
+  the films at one end of the main acquisition axis (exposure and contrast), as the
+  films of another machine or period would be;
 * :class:`ThresholdTuner` and :func:`tune_threshold`, which choose the detector's
   cut-off (``offset_``) on validation data: Youden's J, a target false-positive rate or
   a target sensitivity.
@@ -50,6 +53,8 @@ from .metrics import (
 
 __all__ = [
     "NormalOnly",
+    "acquisition_features",
+    "acquisition_shift_split",
     "OneClassSplit",
     "ThresholdTuner",
     "get_scorer",
@@ -887,3 +892,103 @@ class ThresholdTuner(_WrappedDetectorMixin, MetaEstimatorMixin, OutlierMixin, Ba
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "offset_")
+
+
+# ------------------------------------------------------------ acquisition shift
+ACQUISITION_FEATURES = ("mean", "std", "p1", "p5", "p50", "p95", "p99")
+
+
+def acquisition_features(images):
+    """Per-film grey-level statistics that the acquisition sets: mean, standard
+    deviation and the 1st, 5th, 50th, 95th and 99th percentiles over the non-NaN
+    pixels, ``(n_films, 7)`` in the order of ``ACQUISITION_FEATURES``."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    percentiles = np.nanpercentile(flat, [1, 5, 50, 95, 99], axis=1).T
+    return np.column_stack([np.nanmean(flat, axis=1), np.nanstd(flat, axis=1), percentiles])
+
+
+def acquisition_shift_split(images, labels, groups=None, *, held_out_fraction=0.25, side="bright"):
+    """Hold out the films at one end of the main acquisition axis, class by class.
+
+    A random patient split puts films of every exposure and contrast on both sides, so
+    it cannot show what a detector does on films from another machine or period.
+    This split can: each film gets grey-level statistics (:func:`acquisition_features`),
+    the first principal component of those statistics over the normal films
+    (standardised) is the main acquisition axis (oriented so that brighter films lie
+    higher), each group (patient) is placed on it by the mean of its films, and in
+    each class the ``held_out_fraction`` of groups furthest to one end is held out.
+    Holding out per class keeps both classes in the held-out films; no label is used
+    to find the axis.
+
+    Parameters
+    ----------
+    images : array-like of shape (n_films, H, W)
+        Films (NaN outside a region of interest is allowed).
+    labels : array-like of shape (n_films,)
+        0 = normal, 1 = abnormal.
+    groups : array-like of shape (n_films,), default=None
+        Patient of each film; a patient's films are held out together. ``None``: each
+        film is its own group.
+    held_out_fraction : float in (0, 1), default=0.25
+        Share of each class's groups to hold out.
+    side : {"bright", "dark"}, default="bright"
+        End of the axis to hold out.
+
+    Returns
+    -------
+    train : ndarray of int
+        Indices of the normal films not held out (train and validate on these, and on
+        abnormal films not held out, never on ``held_out``).
+    held_out : ndarray of int
+        Indices of the held-out films of both classes: the test set.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.model_selection import acquisition_shift_split
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.uniform(size=(40, 8, 8)) * rng.uniform(0.5, 1.0, size=(40, 1, 1))
+    >>> labels = np.r_[np.zeros(30, int), np.ones(10, int)]
+    >>> train, held_out = acquisition_shift_split(images, labels, held_out_fraction=0.25)
+    >>> len(train), len(held_out), int(labels[held_out].sum())
+    (22, 10, 2)
+    >>> bool(images[held_out][labels[held_out] == 0].mean() > images[train].mean())
+    True
+    """
+    images = np.asarray(images)
+    labels = column_or_1d(labels)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise ValueError(
+            f"acquisition_shift_split takes images (n_films, H, W) and one label per film; "
+            f"got images of shape {images.shape} and {len(labels)} labels."
+        )
+    if not set(np.unique(labels).tolist()) <= {0, 1} or not np.any(labels == 0):
+        raise ValueError("labels must be 0 (normal) or 1 (abnormal), with at least one normal film.")
+    if not (isinstance(held_out_fraction, Real) and 0 < held_out_fraction < 1):
+        raise ValueError(f"held_out_fraction must be in (0, 1); got {held_out_fraction!r}.")
+    if side not in ("bright", "dark"):
+        raise ValueError(f"side must be 'bright' or 'dark'; got {side!r}.")
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(groups) != len(labels):
+        raise ValueError(f"groups has {len(groups)} entries but there are {len(labels)} films.")
+    features = acquisition_features(images)
+    normal = labels == 0
+    centre, scale = features[normal].mean(0), features[normal].std(0)
+    standard = (features - centre) / np.where(scale > 0, scale, 1.0)
+    _, _, components = np.linalg.svd(standard[normal] - standard[normal].mean(0), full_matrices=False)
+    axis = components[0] * (1.0 if components[0][0] >= 0 else -1.0)  # brighter = higher
+    position = standard @ axis * (1.0 if side == "bright" else -1.0)
+    held = np.zeros(len(labels), dtype=bool)
+    for label in (0, 1):
+        films = np.flatnonzero(labels == label)
+        if not films.size:
+            continue
+        names, owner = np.unique(groups[films], return_inverse=True)
+        group_position = np.bincount(owner, weights=position[films]) / np.bincount(owner)
+        n_held = int(round(held_out_fraction * len(names)))
+        chosen = np.argsort(-group_position, kind="stable")[:n_held]
+        held[films] = np.isin(owner, chosen)
+    train = np.flatnonzero(normal & ~held)
+    if not train.size:
+        raise ValueError("held_out_fraction leaves no normal film to train on; use a smaller fraction.")
+    return train, np.flatnonzero(held)

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from skanomaly import cli
-from skanomaly.cli import main
+from skanomaly.cli import DEFAULT_DETECTOR, main
 from skanomaly import detectors
 from skanomaly.datasets import load_images, make_chest_phantoms
 from skanomaly.detectors import CAEDetector
 from skanomaly.io import load_model
-from skanomaly.metrics import anomaly_roc_auc
+from skanomaly.metrics import anomaly_roc_auc, intensity_baseline_scores
 from skanomaly.utils.tags import get_detector_tags
 
 # Tiny settings: every fit below trains in about a second on one core.
@@ -39,6 +39,7 @@ CLI_PARAMS = {
     "OneClassAdversarialDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
     "BiGANDetector": _params(channels="4,8,8", latent_dim=4, max_epochs=2),
     "AlphaGANDetector": _params(channels="4,8,8", latent_dim=4, minibatch_kernel_dims=4, max_epochs=2),
+    "SyntheticAnomalyDetector": _params(base_channels=4, depth=2, max_epochs=2),
     "FAnoGANDetector": _params(encoder="critic", gan_channels="4,4,4,4", latent_dim=4, gan_iterations=6,
                                max_epochs=2),
     # {train}: the training folder, NORMAL and ABNORMAL, as the unlabelled mix.
@@ -234,6 +235,22 @@ def test_evaluate_reports_metrics_recomputed_from_the_score_csv(folders, model_p
     png = (report_dir / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert len(_read_rows(report_dir / "scores.csv")) == 24
+    # The exposure baseline beside the model, recomputed: films' (mean, std), normal
+    # films each left out of their own fit.
+    images = load_images([Path(r["path"]) for r in rows])
+    normal = y == 0
+    expected = np.empty(len(y))
+    expected[normal] = intensity_baseline_scores(images[normal])
+    expected[~normal] = intensity_baseline_scores(images[normal], images[~normal])
+    assert report["exposure_baseline_roc_auc"] == pytest.approx(anomaly_roc_auc(y, expected), abs=1e-12)
+    assert f"Exposure baseline (each film's mean and std only): ROC AUC {report['exposure_baseline_roc_auc']:.4f}" in printed
+
+
+def test_fit_without_a_detector_trains_the_shift_robust_default(folders, tmp_path):
+    model = tmp_path / "default.skan"
+    assert main(["fit", *_params(base_channels=4, depth=2, max_epochs=1), "--train", str(folders / "train"),
+                 "--out", str(model), "-q"]) == 0
+    assert type(load_model(model)).__name__ == DEFAULT_DETECTOR == "SyntheticAnomalyDetector"
 
 
 def test_csv_input_with_class_names_and_config_files(folders, tmp_path):

@@ -28,6 +28,7 @@ from skanomaly.detectors import (
     FAnoGANDetector,
     HealthyGAN,
     OneClassAdversarialDetector,
+    SyntheticAnomalyDetector,
     VAEDetector,
 )
 from skanomaly.io import _registry
@@ -83,6 +84,10 @@ SKLEARN_SETTINGS = {
                         **{**_FAST_GAN, "batch_size": 64}),
     AlphaGANDetector: dict(channels=(2, 2), latent_dim=2, attention=False, minibatch_channels=1,
                            minibatch_kernel_dims=2, contamination=0.1, **{**_FAST_GAN, "batch_size": 64}),
+    # Raw pixels: equalised (or standardised) two-feature strips are all (-1, 1) or
+    # (1, -1), so every sample would score alike and none could be flagged.
+    SyntheticAnomalyDetector: dict(base_channels=2, depth=1, max_channels=4, normalization=None,
+                                   contamination=0.1, **FAST_DETECTOR),
     # Iterations, not epochs: four batches; strips pad to the networks' 8 or 24 px.
     HealthyGAN: dict(
         generator_width=2, n_residual_blocks=1, critic_width=2, max_iter=4, contamination=0.1,
@@ -395,6 +400,11 @@ IMAGE_SETTINGS = {
         dict(generator_width=4, n_residual_blocks=0, critic_width=4, critic_layers=1, max_iter=6,
              batch_size=8, anomaly_score="mask", lr_decay_iter=0),
     ],
+    SyntheticAnomalyDetector: [
+        dict(base_channels=4, depth=2, max_epochs=2, batch_size=8),
+        dict(base_channels=4, depth=1, max_epochs=2, batch_size=8, normalization="standardize",
+             anomaly_kinds=("opacity",), anomaly_score=("topk", 7), augment=None),
+    ],
     FAnoGANDetector: [
         dict(encoder="critic", gan_channels=(4, 4, 4), latent_dim=4, gan_iterations=6, gan_batch_size=8,
              max_epochs=2, batch_size=8),
@@ -503,6 +513,7 @@ ARCHITECTURE_CHANGES = {
     HealthyGAN: {"generator_width": 2, "n_residual_blocks": 2, "critic_layers": 2},
     BiGANDetector: {"channels": (8, 8), "latent_dim": 3, "attention": False},
     AlphaGANDetector: {"channels": (8, 8), "latent_dim": 3, "minibatch_channels": 2, "minibatch_kernel_dims": 3},
+    SyntheticAnomalyDetector: {"base_channels": 2, "depth": 1, "normalization": None},
 }
 
 

@@ -31,8 +31,9 @@ detecting anything does:
   the example asserts what it does show, that the generator learns its identity term
   (the term's last / first epoch ratio, measured 0.710; ceiling 0.85).
 
-* plot_bigan_phantoms and plot_alphagan_phantoms are run by the phantom floor tests
-  of tests/detectors/test_bigan.py and test_alphagan.py (``RUN_BY_FLOOR_TESTS``),
+* plot_bigan_phantoms, plot_alphagan_phantoms and plot_synthetic_phantoms are run by the
+  phantom floor tests
+  of tests/detectors/test_bigan.py, test_alphagan.py and test_synthetic.py (``RUN_BY_FLOOR_TESTS``),
   whose docstrings give the measurements over three seeds and the floors: both GANs
   barely detect at such budgets, as the paper's own 0.549 and 0.607 on hands.
 
@@ -89,6 +90,7 @@ def test_examples_are_found():
 RUN_BY_FLOOR_TESTS = {
     "plot_bigan_phantoms.py": "detectors/test_bigan.py::test_detects_nodules_on_phantoms_above_a_measured_floor",
     "plot_alphagan_phantoms.py": "detectors/test_alphagan.py::test_detects_nodules_on_phantoms_above_a_measured_floor",
+    "plot_synthetic_phantoms.py": "detectors/test_synthetic.py::test_detects_nodules_on_phantoms_above_a_measured_floor",
 }
 
 

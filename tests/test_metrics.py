@@ -47,3 +47,24 @@ def test_dice_score_single_and_batched():
     assert dice_score(a[0][b[0]], b[0][b[0]]) == 2 * 4 / (4 + 8)  # a pixel selection
     with pytest.raises(ValueError, match="same shape"):
         dice_score(a, b[:2])
+
+
+def test_the_intensity_baseline_is_the_mahalanobis_distance_of_mean_and_std():
+    from sklearn.covariance import EmpiricalCovariance
+
+    from skanomaly.metrics import intensity_baseline_scores, intensity_statistics
+
+    rng = np.random.default_rng(0)
+    normals = rng.uniform(0.1, 0.9, size=(20, 6, 6)) * rng.uniform(0.5, 1.0, size=(20, 1, 1))
+    normals[0, :2] = np.nan  # NaN pixels (outside a ROI) count in neither statistic
+    films = rng.uniform(size=(5, 6, 6))
+    stats = intensity_statistics(normals)
+    assert stats[0, 0] == pytest.approx(np.nanmean(normals[0])) and stats[0, 1] == pytest.approx(np.nanstd(normals[0]))
+    model = EmpiricalCovariance().fit(stats)
+    np.testing.assert_allclose(intensity_baseline_scores(normals, films),
+                               -model.mahalanobis(intensity_statistics(films)), rtol=1e-8)
+    # Leave-one-out: each normal film scored by a fit on the other 19.
+    loo = [-EmpiricalCovariance().fit(np.delete(stats, i, 0)).mahalanobis(stats[i : i + 1])[0] for i in range(20)]
+    np.testing.assert_allclose(intensity_baseline_scores(normals), loo, rtol=1e-8)
+    with pytest.raises(ValueError, match="at least 3"):
+        intensity_baseline_scores(normals[:2])

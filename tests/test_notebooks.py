@@ -55,11 +55,15 @@ SUMMARIES = {
         optimism_honest=float(optimism["honest"].mean()), optimism_leaky=float(optimism["leaky"].mean()),
         se_honest=float(optimism_se["honest"]), se_leaky=float(optimism_se["leaky"]),
         leaky_minus_honest=[float(v) for v in reported["leaky"] - reported["honest"]])""",
+    "06_acquisition_shift.py": """dict(
+        auc={name: [float(v) for v in row.values()] for name, row in auc.items()},
+        false_alarms=false_alarms, identical=identical, moved=moved, t_statistic=t_statistic,
+        n_abnormal=int(sick.sum()), n_normal=int((~sick).sum()))""",
 }
 
 
 def test_every_notebook_is_found_and_has_a_summary():
-    assert len(NOTEBOOKS) == 5
+    assert len(NOTEBOOKS) == 6
     assert {p.name for p in NOTEBOOKS} == set(SUMMARIES)
 
 
@@ -180,6 +184,28 @@ def check_05(s):
     assert s["optimism_leaky"] - s["optimism_honest"] > 4 * math.hypot(s["se_leaky"], s["se_honest"]), s
     assert abs(s["optimism_honest"]) < 4 * s["se_honest"], s
     assert min(s["leaky_minus_honest"]) >= -1e-12, s
+
+
+def check_06(s):
+    same, new, sick_b, sick_a = range(4)
+    cae, synthetic, baseline = s["auc"]["CAE"], s["auc"]["synthetic anomalies"], s["auc"]["exposure baseline"]
+    n_pos, n_neg = s["n_abnormal"], s["n_normal"]
+    # "The same figure four times": its scores are the same numbers on both machines.
+    assert s["identical"] == {"CAE": False, "synthetic anomalies": True}, s
+    assert len(set(synthetic)) == 1, s
+    # The CAE and the baseline rank by machine where the classes come from different
+    # machines: their AUCs move by more than two standard errors.
+    for row in (cae, baseline):
+        se = auc_se(row[same], n_pos, n_neg)
+        assert abs(row[sick_b] - row[sick_a]) > 4 * se, s
+    # The CAE flags normal films of machine B far more often than of A (binomial
+    # standard errors of the two rates); the synthetic detector flags the same ones.
+    rate = s["false_alarms"]["CAE"]
+    assert rate["B"] - rate["A"] > 3 * math.sqrt(0.25 / n_neg), s
+    assert s["false_alarms"]["synthetic anomalies"]["A"] == s["false_alarms"]["synthetic anomalies"]["B"], s
+    # The change of machine moves the CAE's scores of normal films beyond chance (paired
+    # t above 3), the synthetic detector's not at all.
+    assert abs(s["t_statistic"]["CAE"]) > 3 and s["moved"]["synthetic anomalies"] == 0, s
 
 
 CHECKS = {name: globals()[f"check_{name[:2]}"] for name in SUMMARIES}

@@ -388,9 +388,48 @@ def anogan_speed_figures(fig, stem, data):
     return [fig.save(f, f"{stem}_search", f"Latent-search time per image and step, ``{stem}.json``.")], []
 
 
+def shift_figures(fig, stem, data):
+    """Test AUC per seed on the shift protocol and the random split, baseline beside."""
+    rows, series = [], []
+    for protocol in ("shift", "random"):
+        section = _get(data, protocol)
+        if not isinstance(section, dict) or not isinstance(section.get("detectors"), dict):
+            continue
+        baseline = _get(section, "baseline_test_roc_auc", "mean")
+        for name, entry in section["detectors"].items():
+            runs = entry.get("runs") if isinstance(entry, dict) else None
+            if not isinstance(runs, dict):
+                continue
+            aucs = [r["test_roc_auc"] for r in runs.values() if isinstance(r, dict) and _num(r.get("test_roc_auc"))]
+            if not aucs:
+                continue
+            sens = _mean([r.get("test_sensitivity_at_90_specificity") for r in runs.values() if isinstance(r, dict)])
+            auc = _get(entry, "test_roc_auc")
+            rows.append([protocol, _escape(name), str(len(aucs)), _cell(_get(auc, "mean")) or "--",
+                         _cell(_get(auc, "std")) or "--", _cell(sens) or "--",
+                         _cell(baseline) if _num(baseline) else "--"])
+            series.append((f"{protocol}: {name}", aucs, baseline))
+    if not rows:
+        return [], []
+    f, ax = fig.plt.subplots(figsize=(8, 0.45 * len(series) + 1.4))
+    for i, (label, aucs, baseline) in enumerate(series):
+        ax.plot(aucs, [i] * len(aucs), "o", color="tab:blue", alpha=0.7)
+        if _num(baseline):
+            ax.plot([baseline], [i], "|", color="tab:red", markersize=16)
+    ax.axvline(0.5, color="0.6", linewidth=0.8)
+    ax.set_yticks(range(len(series)), [label for label, _, _ in series], fontsize=8)
+    ax.set(xlim=(0, 1), xlabel="test ROC AUC (dots: training seeds; red bar: the intensity baseline on the same films)",
+           title="Pediatric acquisition shift and random split")
+    figures = [fig.save(f, f"{stem}_auc_per_seed", f"Test ROC AUC per seed, ``{stem}.json``.")]
+    header = ["protocol", "detector", "seeds", "test AUC mean", "sd", "sensitivity at 90 % specificity", "baseline AUC"]
+    return figures, _list_table(header, rows)
+
+
 #: headings of the index page, in its order; other files follow under their own name
 TITLES = {
+    "shift": "Acquisition shift: pediatric films of another exposure",
     "pediatric": "Pediatric pneumonia, whole images at 64 x 64",
+    "jsrt_synthetic": "SyntheticAnomalyDetector on the JSRT patch protocol",
     "jsrt_fanogan": "f-AnoGAN / P-AnoGAN on the JSRT patch protocol, scaled down",
     "jsrt_anogan": "AnoGAN on the JSRT patch protocol, scaled down",
     "cpu_settings": "Paper settings against small settings on a CPU",
@@ -401,6 +440,7 @@ TITLES = {
 }
 
 SPECIFIC = {
+    "shift": shift_figures,
     "pediatric": lambda fig, stem, data: protocol_figures(fig, stem, data, "Pediatric pneumonia, whole images"),
     "cpu_settings": cpu_figures,
     "jsrt_fanogan": patch_protocol_figures,

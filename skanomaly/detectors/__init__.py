@@ -12,6 +12,7 @@ from .bigan import BiGANDetector
 from .fanogan import FAnoGANDetector
 from .healthygan import HealthyGAN
 from .oneclass import OneClassAdversarialDetector
+from .synthetic import SyntheticAnomalyDetector
 
 __all__ = [
     "AlphaGANDetector",
@@ -21,5 +22,6 @@ __all__ = [
     "FAnoGANDetector",
     "HealthyGAN",
     "OneClassAdversarialDetector",
+    "SyntheticAnomalyDetector",
     "VAEDetector",
 ]

@@ -1,0 +1,244 @@
+"""Acquisition shift on the pediatric chest X-ray set: the protocol a random split hides.
+
+Shift protocol (:func:`skanomaly.model_selection.acquisition_shift_split`): every film
+gets grey-level statistics (mean, standard deviation, percentiles); the first
+principal component of those statistics over the normal films is the main
+acquisition axis (exposure and contrast); the brightest quarter of each class's
+patients along it is held out as the test set, as films from another machine would
+be. Detectors train on the other normal films; the validation set (20 % of the
+training-side normal patients, and as many training-side pneumonia films) chooses
+each detector's score and cut-off and is never from the held-out films. The random
+protocol is ``bench_pediatric.py``'s patient split. Both report test ROC AUC,
+sensitivity at 90 % specificity and at the validation cut-off, and the trivial
+baseline (Mahalanobis distance of each film's mean and standard deviation from the
+training normals) on the same films.
+
+Diagnosis: on the test normals of each protocol, the Spearman correlation of each
+detector's anomaly score with the film's mean intensity, contrast (standard
+deviation) and lung area (LungMasker); a detector whose score tracks exposure fails
+on a new machine. (Film size cannot be measured here: the files were all resized to
+224 x 224.)
+
+    python benchmarks/bench_shift.py --data-dir ../shared/data/pediatric_cxr \\
+        --detectors SyntheticAnomalyDetector --seeds 0 1 2 3 4
+
+Writes (updates) benchmarks/results/shift.json; runs of other detectors are kept.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.base import clone
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.pipeline import Pipeline
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pediatric import patient_split  # noqa: E402
+
+from skanomaly.datasets import load_pediatric_cxr  # noqa: E402
+from skanomaly.detectors import CAEDetector, SyntheticAnomalyDetector, VAEDetector  # noqa: E402
+from skanomaly.metrics import anomaly_roc_auc, sensitivity_at_specificity, youden_cutoff  # noqa: E402
+from skanomaly.model_selection import acquisition_shift_split  # noqa: E402
+from skanomaly.preprocessing import CLAHE, HistogramEqualization, LungMasker  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "shift.json"
+
+
+def shift_protocol(data, seed, held_out_fraction):
+    """``(train, validation, test)``: held-out bright films as test; validation from
+    the training side only."""
+    train_side, test = acquisition_shift_split(
+        data.images, data.labels, data.patient_ids, held_out_fraction=held_out_fraction
+    )
+    patients = np.asarray(data.patient_ids)
+    inner = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=seed)
+    fit_pos, val_pos = next(inner.split(train_side, groups=patients[train_side]))
+    sick_side = np.setdiff1d(np.flatnonzero(data.labels == 1), test)
+    rng = np.random.default_rng(seed)
+    val_sick = rng.choice(sick_side, size=min(len(val_pos), len(sick_side)), replace=False)
+    return train_side[fit_pos], np.concatenate([train_side[val_pos], val_sick]), test
+
+
+def detectors(args, seed):
+    """``{name: (estimator, candidate scores)}``; the cures are pipelines of the CAE."""
+    small = dict(lr=1e-3, batch_size=32, max_epochs=args.epochs, random_state=seed, device="auto")
+    cae = CAEDetector(channels=(16, 32, 64, 128), **small)
+    cae_scores = ["mse", "l1", ("topk", 200), ("topk", 200, "l1")]
+    synthetic = dict(base_channels=args.synthetic_base_channels, depth=args.synthetic_depth,
+                     max_epochs=args.synthetic_epochs, random_state=seed, device="auto")
+    synthetic_scores = ["mean", ("topk", 200), "max"]
+    return {
+        "SyntheticAnomalyDetector": (SyntheticAnomalyDetector(**synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[standardize]": (
+            SyntheticAnomalyDetector(normalization="standardize", **synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[none]": (SyntheticAnomalyDetector(normalization=None, **synthetic),
+                                           synthetic_scores),
+        "CAEDetector": (cae, cae_scores),
+        "CAEDetector[CLAHE]": (Pipeline([("clahe", CLAHE(kernel_size=0.125)), ("det", clone(cae))]), cae_scores),
+        "CAEDetector[equalize]": (
+            Pipeline([("equalize", HistogramEqualization()), ("det", clone(cae))]), cae_scores),
+        # The CAE's default ("advanced") augmentation already draws brightness x U(0.8, 1.2):
+        # the plain CAE is the intensity-augmented one; this is the control without it.
+        "CAEDetector[no augmentation]": (clone(cae).set_params(augment=None), cae_scores),
+        "VAEDetector": (
+            VAEDetector(channels=(16, 32, 64, 128), latent_dim=128, **small),
+            ["kld", "mse", "l1", "mse+kld", ("topk", 200)],
+        ),
+    }  # fmt: skip
+
+
+def _set_score(det, score):
+    key = "det__anomaly_score" if hasattr(det, "steps") else "anomaly_score"
+    det.set_params(**{key: score})
+
+
+def film_statistics(data, indices, lung_area):
+    flat = data.images[indices].reshape(len(indices), -1)
+    return {"mean intensity": flat.mean(1), "contrast (std)": flat.std(1), "lung area": lung_area[indices]}
+
+
+def correlations(anomaly, stats):
+    return {name: float(spearmanr(anomaly, values).statistic) for name, values in stats.items()}
+
+
+def evaluate(det, candidates, data, split, lung_area):
+    train, validation, test = split
+    y_val, y_test = data.labels[validation], data.labels[test]
+    start = time.perf_counter()
+    det.fit(data.images[train])
+    fit_seconds = time.perf_counter() - start
+    val_auc, test_scores = {}, {}
+    score_seconds = 0.0
+    for score in candidates:
+        _set_score(det, score)
+        key = json.dumps(score)
+        val_auc[key] = anomaly_roc_auc(y_val, det.score_samples(data.images[validation]))
+        start = time.perf_counter()
+        test_scores[key] = det.score_samples(data.images[test])
+        score_seconds += time.perf_counter() - start
+    chosen = max(val_auc, key=val_auc.get)
+    _set_score(det, json.loads(chosen) if chosen.startswith('"') else tuple(json.loads(chosen)))
+    cut = youden_cutoff(y_val, det.score_samples(data.images[validation]))
+    scores = test_scores[chosen]
+    flagged = scores <= cut["threshold"]
+    normals = test[y_test == 0]
+    return {
+        "chosen_score": chosen,
+        "validation_roc_auc_per_score": val_auc,
+        "test_roc_auc": anomaly_roc_auc(y_test, scores),
+        "test_roc_auc_per_score": {k: anomaly_roc_auc(y_test, v) for k, v in test_scores.items()},
+        "test_sensitivity_at_90_specificity": sensitivity_at_specificity(y_test, scores, specificity=0.9),
+        "test_sensitivity_at_validation_cutoff": float(flagged[y_test == 1].mean()),
+        "test_specificity_at_validation_cutoff": float(1 - flagged[y_test == 0].mean()),
+        "normal_score_correlations": correlations(-scores[y_test == 0], film_statistics(data, normals, lung_area)),
+        "fit_seconds": fit_seconds,
+        "score_images_per_second": len(candidates) * len(test) / score_seconds,
+    }
+
+
+def baseline(data, split, lung_area):
+    train, validation, test = split
+    stats = lambda idx: np.column_stack(list(film_statistics(data, idx, lung_area).values())[:2])  # noqa: E731
+    model = EmpiricalCovariance().fit(stats(train))
+    val, scores = -model.mahalanobis(stats(validation)), -model.mahalanobis(stats(test))
+    y_test = data.labels[test]
+    flagged = scores <= youden_cutoff(data.labels[validation], val)["threshold"]
+    return {
+        "validation_roc_auc": anomaly_roc_auc(data.labels[validation], val),
+        "test_roc_auc": anomaly_roc_auc(y_test, scores),
+        "test_sensitivity_at_90_specificity": sensitivity_at_specificity(y_test, scores, specificity=0.9),
+        "test_sensitivity_at_validation_cutoff": float(flagged[y_test == 1].mean()),
+        "test_specificity_at_validation_cutoff": float(1 - flagged[y_test == 0].mean()),
+        "normal_score_correlations": correlations(
+            -scores[y_test == 0], film_statistics(data, test[y_test == 0], lung_area)),
+    }  # fmt: skip
+
+
+def summary(runs, key="test_roc_auc"):
+    values = [run[key] for run in runs.values()]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n_seeds": len(values)}  # fmt: skip
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="folder with train/NORMAL and train/PNEUMONIA")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--held-out-fraction", type=float, default=0.25)
+    parser.add_argument("--protocols", nargs="+", default=["shift", "random"], choices=["shift", "random"])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the CAE and VAE")
+    parser.add_argument("--synthetic-epochs", type=int, default=15,
+                        help="SyntheticAnomalyDetector's epochs (its default 50)")
+    parser.add_argument("--synthetic-base-channels", type=int, default=16)
+    parser.add_argument("--synthetic-depth", type=int, default=3, help="U-Net depth (its default 4, for 128 px)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; also the seed of each protocol's validation draw")
+    parser.add_argument("--detectors", nargs="+", default=["SyntheticAnomalyDetector"])
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    start = time.perf_counter()
+    data = load_pediatric_cxr(args.data_dir, split="train", size=args.size)
+    lung_area = _lung_area(data.images)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.update({
+        "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available(), "torch": torch.__version__},
+        "image_size": args.size,
+        "load_seconds": time.perf_counter() - start,
+    })  # fmt: skip
+    command = "python benchmarks/bench_shift.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for protocol in args.protocols:
+        section = report.setdefault(protocol, {"baseline_intensity_mahalanobis": {}, "detectors": {}})
+        for seed in args.seeds:
+            split = (shift_protocol(data, seed, args.held_out_fraction) if protocol == "shift"
+                     else patient_split(data.patient_ids, data.labels, seed))  # fmt: skip
+            section["split_counts"] = {
+                name: {"normal": int(np.sum(data.labels[idx] == 0)), "pneumonia": int(np.sum(data.labels[idx] == 1))}
+                for name, idx in zip(("train", "validation", "test"), split)
+            }
+            base = section["baseline_intensity_mahalanobis"][str(seed)] = baseline(data, split, lung_area)
+            section["baseline_test_roc_auc"] = summary(section["baseline_intensity_mahalanobis"])
+            print(f"{protocol} seed {seed}: baseline test AUC {base['test_roc_auc']:.3f}", flush=True)
+            for name in args.detectors:
+                det, candidates = detectors(args, seed)[name]
+                result = evaluate(det, candidates, data, split, lung_area)
+                entry = section["detectors"].setdefault(name, {"runs": {}})
+                entry["runs"][str(seed)] = result
+                entry["command"] = command
+                entry["test_roc_auc"] = summary(entry["runs"])
+                entry["test_sensitivity_at_90_specificity"] = summary(entry["runs"], "test_sensitivity_at_90_specificity")
+                print(
+                    f"{protocol} seed {seed} {name}: {result['chosen_score']} test AUC {result['test_roc_auc']:.3f} "
+                    f"sens@90spec {result['test_sensitivity_at_90_specificity']:.3f} fit {result['fit_seconds']:.0f} s "
+                    f"corr {json.dumps({k: round(v, 2) for k, v in result['normal_score_correlations'].items()})}",
+                    flush=True,
+                )
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(report, indent=1))
+                tmp.replace(out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
+
+
+def _lung_area(images):
+    """Share of each film the packaged lung segmenter marks as lung."""
+    masks = LungMasker(output="mask").fit(images).transform(images)
+    return np.asarray(masks, dtype=bool).reshape(len(images), -1).mean(1)
+
+
+if __name__ == "__main__":
+    main()
