@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from sklearn.base import clone
-from sklearn.covariance import EmpiricalCovariance
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import Pipeline
 
@@ -45,7 +44,12 @@ from bench_pediatric import patient_split  # noqa: E402
 
 from skanomaly.datasets import load_pediatric_cxr  # noqa: E402
 from skanomaly.detectors import CAEDetector, SyntheticAnomalyDetector, VAEDetector  # noqa: E402
-from skanomaly.metrics import anomaly_roc_auc, sensitivity_at_specificity, youden_cutoff  # noqa: E402
+from skanomaly.metrics import (  # noqa: E402
+    anomaly_roc_auc,
+    intensity_baseline_scores,
+    sensitivity_at_specificity,
+    youden_cutoff,
+)
 from skanomaly.model_selection import acquisition_shift_split  # noqa: E402
 from skanomaly.preprocessing import CLAHE, HistogramEqualization, LungMasker  # noqa: E402
 
@@ -146,9 +150,9 @@ def evaluate(det, candidates, data, split, lung_area):
 
 def baseline(data, split, lung_area):
     train, validation, test = split
-    stats = lambda idx: np.column_stack(list(film_statistics(data, idx, lung_area).values())[:2])  # noqa: E731
-    model = EmpiricalCovariance().fit(stats(train))
-    val, scores = -model.mahalanobis(stats(validation)), -model.mahalanobis(stats(test))
+    images = data.images
+    val = intensity_baseline_scores(images[train], images[validation])
+    scores = intensity_baseline_scores(images[train], images[test])
     y_test = data.labels[test]
     flagged = scores <= youden_cutoff(data.labels[validation], val)["threshold"]
     return {
@@ -184,7 +188,6 @@ def main(argv=None):
     parser.add_argument("--detectors", nargs="+", default=["SyntheticAnomalyDetector"])
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
 
     start = time.perf_counter()
     data = load_pediatric_cxr(args.data_dir, split="train", size=args.size)

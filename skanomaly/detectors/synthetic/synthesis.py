@@ -87,7 +87,7 @@ def synthesize_anomalies(x, roi, generator, *, kinds=ANOMALY_KINDS, probability=
     target = torch.zeros_like(image)
     if "patch" in kinds:
         # Another film of the batch, never the image itself (a shift of 1..B-1).
-        shift = int(1 + (rand(1, generator).item() * max(batch - 1, 1)) // 1) % batch if batch > 1 else 0
+        shift = 1 + int(rand(1, generator).item() * (batch - 1)) if batch > 1 else 0
         other = image.roll(shift, dims=0)
         other_roi = inside.roll(shift, dims=0)
         region = (distance <= 1) & inside & other_roi
