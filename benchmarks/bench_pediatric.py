@@ -348,7 +348,9 @@ def command_line(args):
     return " ".join(words)
 
 
-def main(argv=None):
+def make_parser():
+    """The command line; ``bench_shift.py`` builds the seed papers' detectors from its
+    defaults, so both benchmarks run them at the same CPU settings."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="folder with train/NORMAL and train/PNEUMONIA")
     parser.add_argument("--size", type=int, default=64)
@@ -388,7 +390,11 @@ def main(argv=None):
         "and darkest quartile of training normals held back) for each chosen detector and seed",
     )
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
 
     start = time.perf_counter()
     data = load_pediatric_cxr(args.data_dir, split="train", size=args.size)

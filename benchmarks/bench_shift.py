@@ -19,6 +19,13 @@ deviation) and lung area (LungMasker); a detector whose score tracks exposure fa
 on a new machine. (Film size cannot be measured here: the files were all resized to
 224 x 224.)
 
+Detectors (``--detectors``): SyntheticAnomalyDetector, its variants ``[lungs]`` (the
+films behind the packaged LungMasker), ``[standardize]`` and ``[none]``; CAEDetector and
+its cures (``[CLAHE]``, ``[equalize]``, ``[no augmentation]``); VAEDetector; and the
+seed papers' GANs at bench_pediatric.py's CPU settings
+(``OneClassAdversarialDetector[U+D+E]`` and its ablations, ``HealthyGAN``,
+``BiGANDetector``, ``AlphaGANDetector``).
+
     python benchmarks/bench_shift.py --data-dir ../shared/data/pediatric_cxr \\
         --detectors SyntheticAnomalyDetector --seeds 0 1 2 3 4
 
@@ -40,10 +47,11 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pediatric import patient_split  # noqa: E402
+from bench_pediatric import healthygan_sets, make_parser, patient_split  # noqa: E402
+from bench_pediatric import detectors as seed_paper_detectors  # noqa: E402
 
 from skanomaly.datasets import load_pediatric_cxr  # noqa: E402
-from skanomaly.detectors import CAEDetector, SyntheticAnomalyDetector, VAEDetector  # noqa: E402
+from skanomaly.detectors import CAEDetector, HealthyGAN, SyntheticAnomalyDetector, VAEDetector  # noqa: E402
 from skanomaly.metrics import (  # noqa: E402
     anomaly_roc_auc,
     intensity_baseline_scores,
@@ -71,6 +79,12 @@ def shift_protocol(data, seed, held_out_fraction):
     return train_side[fit_pos], np.concatenate([train_side[val_pos], val_sick]), test
 
 
+# Detectors that score the lung fields only: they get the films behind the packaged
+# LungMasker (NaN outside the lungs), computed once for all seeds. The same as a
+# Pipeline([("lungs", LungMasker()), ...]), whose masker learns nothing from the data.
+ON_LUNGS = {"SyntheticAnomalyDetector[lungs]"}
+
+
 def detectors(args, seed):
     """``{name: (estimator, candidate scores)}``; the cures are pipelines of the CAE."""
     small = dict(lr=1e-3, batch_size=32, max_epochs=args.epochs, random_state=seed, device="auto")
@@ -79,8 +93,15 @@ def detectors(args, seed):
     synthetic = dict(base_channels=args.synthetic_base_channels, depth=args.synthetic_depth,
                      max_epochs=args.synthetic_epochs, random_state=seed, device="auto")
     synthetic_scores = ["mean", ("topk", 200), "max"]
+    # The seed papers' GANs at bench_pediatric.py's CPU settings (the ones its recorded
+    # runs used: BiGAN and alpha-GAN without attention), so both protocols compare alike.
+    pediatric = make_parser().parse_args(["--data-dir", args.data_dir, "--handxray-no-attention"])
+    papers = {name: entry for name, entry in seed_paper_detectors(pediatric, seed).items()
+              if not name.startswith(("CAEDetector", "VAEDetector"))}
     return {
+        **papers,
         "SyntheticAnomalyDetector": (SyntheticAnomalyDetector(**synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[lungs]": (SyntheticAnomalyDetector(**synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[standardize]": (
             SyntheticAnomalyDetector(normalization="standardize", **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[none]": (SyntheticAnomalyDetector(normalization=None, **synthetic),
@@ -113,24 +134,36 @@ def correlations(anomaly, stats):
     return {name: float(spearmanr(anomaly, values).statistic) for name, values in stats.items()}
 
 
-def evaluate(det, candidates, data, split, lung_area):
+def evaluate(name, det, candidates, data, split, lung_area, images):
+    """Fit on ``images[train]`` (the films, or their lung fields), choose the score and
+    cut-off on the validation films, report on the test films."""
     train, validation, test = split
+    X, y, seed = images[train], None, det.get_params().get("random_state") or 0
+    if isinstance(det, HealthyGAN):
+        # Its unlabelled mix (bench_pediatric.healthygan_sets) draws pneumonia patients
+        # from the training side's pneumonia films (the validation ones and those no
+        # protocol set uses); those patients leave validation, which stays a subset of
+        # the other detectors' validation films.
+        unused_sick = np.setdiff1d(np.flatnonzero(data.labels == 1), np.concatenate([validation, test]))
+        pool = np.concatenate([validation, unused_sick])
+        X, y, kept, _ = healthygan_sets(data, (train, pool, test), seed, same_sets="A=B" in name)
+        validation = validation[np.isin(validation, kept)]
     y_val, y_test = data.labels[validation], data.labels[test]
     start = time.perf_counter()
-    det.fit(data.images[train])
+    det.fit(X, y)
     fit_seconds = time.perf_counter() - start
     val_auc, test_scores = {}, {}
     score_seconds = 0.0
     for score in candidates:
         _set_score(det, score)
         key = json.dumps(score)
-        val_auc[key] = anomaly_roc_auc(y_val, det.score_samples(data.images[validation]))
+        val_auc[key] = anomaly_roc_auc(y_val, det.score_samples(images[validation]))
         start = time.perf_counter()
-        test_scores[key] = det.score_samples(data.images[test])
+        test_scores[key] = det.score_samples(images[test])
         score_seconds += time.perf_counter() - start
     chosen = max(val_auc, key=val_auc.get)
     _set_score(det, json.loads(chosen) if chosen.startswith('"') else tuple(json.loads(chosen)))
-    cut = youden_cutoff(y_val, det.score_samples(data.images[validation]))
+    cut = youden_cutoff(y_val, det.score_samples(images[validation]))
     scores = test_scores[chosen]
     flagged = scores <= cut["threshold"]
     normals = test[y_test == 0]
@@ -191,7 +224,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     data = load_pediatric_cxr(args.data_dir, split="train", size=args.size)
-    lung_area = _lung_area(data.images)
+    lung_images = _lung_fields(data.images)
+    lung_area = (~np.isnan(lung_images)).reshape(len(lung_images), -1).mean(1)
+    lung_area[lung_area == 1] = 0  # no lung field found: LungMasker kept the whole film
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
     report.update({
@@ -216,7 +251,8 @@ def main(argv=None):
             print(f"{protocol} seed {seed}: baseline test AUC {base['test_roc_auc']:.3f}", flush=True)
             for name in args.detectors:
                 det, candidates = detectors(args, seed)[name]
-                result = evaluate(det, candidates, data, split, lung_area)
+                images = lung_images if name in ON_LUNGS else data.images
+                result = evaluate(name, det, candidates, data, split, lung_area, images)
                 entry = section["detectors"].setdefault(name, {"runs": {}})
                 entry["runs"][str(seed)] = result
                 entry["command"] = command
@@ -237,10 +273,9 @@ def main(argv=None):
     tmp.replace(out)
 
 
-def _lung_area(images):
-    """Share of each film the packaged lung segmenter marks as lung."""
-    masks = LungMasker(output="mask").fit(images).transform(images)
-    return np.asarray(masks, dtype=bool).reshape(len(images), -1).mean(1)
+def _lung_fields(images):
+    """The films behind the packaged lung segmenter: NaN outside the lungs."""
+    return np.asarray(LungMasker().fit(images).transform(images), dtype=np.float32)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,35 @@ def test_maps_have_the_input_resolution_and_the_mean_score_is_their_roi_mean():
     np.testing.assert_allclose(-det.score_samples(X[:4]), np.nanmean(maps, axis=(1, 2)), rtol=1e-5)
 
 
+def test_scoring_runs_a_folded_copy_and_leaves_the_fitted_network_as_it_was():
+    """Scores come from a BatchNorm-folded copy (faster); they are the fitted network's
+    eval-mode scores up to float32 rounding, and the fitted network keeps its BatchNorm
+    layers, weights and training mode."""
+    X, _ = _phantoms(32, size=16)
+    det = SyntheticAnomalyDetector(**SMALL).fit(X)
+    module = det.net_.module_
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    n_batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+    folded = module.inference_copy()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n_batchnorms > 0 and not any(p.requires_grad for p in folded.parameters())
+
+    scores = det.score_samples(X)
+    x = torch.as_tensor(np.nan_to_num(X[:, None], nan=0.0))
+    roi = torch.as_tensor(~np.isnan(X[:, None]))
+    was_training = module.training
+    with torch.no_grad():
+        unfolded = torch.sigmoid(module.eval()(x, roi))
+    module.train(was_training)
+    expected = -image_anomaly(parse_score("mean"), unfolded, roi).double().numpy()
+    rtol = get_detector_tags(det).score_tolerance.rtol
+    np.testing.assert_allclose(scores, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    assert module.training == was_training
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()) == n_batchnorms
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_the_network_is_saved_and_restored_and_grid_search_runs_the_scores(tmp_path):
     X, _ = _phantoms(40, seed=1)
     test, labels = _phantoms(20, fraction=0.5, seed=2)
