@@ -8,6 +8,8 @@ settings are its defaults except the U-Net's depth (3 for 32 px patches) and the
 epochs; validation chooses among its scores, the test half gives the figures.
 
     python benchmarks/bench_jsrt_synthetic.py --data-dir ../shared/data/jsrt --seeds 0 1 2 3 4
+    python benchmarks/bench_jsrt_synthetic.py --data-dir ../shared/data/jsrt --seeds 0 1 2 3 4 \
+        --anomaly-kinds opacity --out benchmarks/results/jsrt_synthetic_opacity.json
 
 Writes benchmarks/results/jsrt_synthetic.json.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from _jsrt import add_protocol_arguments, baseline_result, command_line, evaluate, load_protocol, machine
 
 from skanomaly.detectors import SyntheticAnomalyDetector
+from skanomaly.detectors.synthetic.synthesis import ANOMALY_KINDS
 from skanomaly.metrics import sensitivity_at_specificity
 
 RESULTS = Path(__file__).parent / "results" / "jsrt_synthetic.json"
@@ -33,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    parser.add_argument("--anomaly-kinds", nargs="+", default=list(ANOMALY_KINDS), choices=ANOMALY_KINDS,
+                        help="the synthetic anomalies to train on (the detector's default: both)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     split, counts, load_seconds = load_protocol(args)
@@ -41,7 +46,8 @@ def main(argv=None):
 
     runs = {}
     for seed in args.seeds:
-        detector = SyntheticAnomalyDetector(depth=args.depth, max_epochs=args.epochs, random_state=seed)
+        detector = SyntheticAnomalyDetector(depth=args.depth, max_epochs=args.epochs,
+                                            anomaly_kinds=tuple(args.anomaly_kinds), random_state=seed)
         start = time.perf_counter()
         detector.fit(train)
         train_seconds = time.perf_counter() - start
@@ -71,8 +77,8 @@ def main(argv=None):
             "settings": (
                 f"films at {args.size} px with {args.patch_size} px patches (P-AnoGAN: 64 at 1024, the "
                 f"same anatomy); {len(train)} training patches (of {counts['train_patches_available']}); "
-                f"SyntheticAnomalyDetector defaults but depth {args.depth} and {args.epochs} epochs "
-                "(default 50)"
+                f"SyntheticAnomalyDetector defaults but depth {args.depth}, {args.epochs} epochs "
+                f"(default 50) and anomaly_kinds={tuple(args.anomaly_kinds)}"
             ),
             "counts": counts,
             "protocol_seconds": load_seconds,

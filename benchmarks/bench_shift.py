@@ -20,7 +20,8 @@ on a new machine. (Film size cannot be measured here: the files were all resized
 224 x 224.)
 
 Detectors (``--detectors``): SyntheticAnomalyDetector, its variants ``[lungs]`` (the
-films behind the packaged LungMasker), ``[standardize]`` and ``[none]``; CAEDetector and
+films behind the packaged LungMasker), ``[opacity]`` and ``[lungs, opacity]`` (whole
+films and lung fields with opacities as the only synthetic anomaly), ``[standardize]`` and ``[none]``; CAEDetector and
 its cures (``[CLAHE]``, ``[equalize]``, ``[no augmentation]``); VAEDetector; and the
 seed papers' GANs at bench_pediatric.py's CPU settings
 (``OneClassAdversarialDetector[U+D+E]`` and its ablations, ``HealthyGAN``,
@@ -34,6 +35,7 @@ Writes (updates) benchmarks/results/shift.json; runs of other detectors are kept
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -82,7 +84,7 @@ def shift_protocol(data, seed, held_out_fraction):
 # Detectors that score the lung fields only: they get the films behind the packaged
 # LungMasker (NaN outside the lungs), computed once for all seeds. The same as a
 # Pipeline([("lungs", LungMasker()), ...]), whose masker learns nothing from the data.
-ON_LUNGS = {"SyntheticAnomalyDetector[lungs]"}
+ON_LUNGS = {"SyntheticAnomalyDetector[lungs]", "SyntheticAnomalyDetector[lungs, opacity]"}
 
 
 def detectors(args, seed):
@@ -101,7 +103,12 @@ def detectors(args, seed):
     return {
         **papers,
         "SyntheticAnomalyDetector": (SyntheticAnomalyDetector(**synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[opacity]": (
+            SyntheticAnomalyDetector(anomaly_kinds=("opacity",), **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[lungs]": (SyntheticAnomalyDetector(**synthetic), synthetic_scores),
+        # Pneumonia is an opacity; a foreign patch may teach what pneumonia does not look like.
+        "SyntheticAnomalyDetector[lungs, opacity]": (
+            SyntheticAnomalyDetector(anomaly_kinds=("opacity",), **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[standardize]": (
             SyntheticAnomalyDetector(normalization="standardize", **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[none]": (SyntheticAnomalyDetector(normalization=None, **synthetic),
@@ -228,47 +235,57 @@ def main(argv=None):
     lung_area = (~np.isnan(lung_images)).reshape(len(lung_images), -1).mean(1)
     lung_area[lung_area == 1] = 0  # no lung field found: LungMasker kept the whole film
     out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {}
-    report.update({
+    header = {
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "image_size": args.size,
         "load_seconds": time.perf_counter() - start,
-    })  # fmt: skip
+    }  # fmt: skip
     command = "python benchmarks/bench_shift.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for protocol in args.protocols:
-        section = report.setdefault(protocol, {"baseline_intensity_mahalanobis": {}, "detectors": {}})
         for seed in args.seeds:
             split = (shift_protocol(data, seed, args.held_out_fraction) if protocol == "shift"
                      else patient_split(data.patient_ids, data.labels, seed))  # fmt: skip
-            section["split_counts"] = {
+            counts = {
                 name: {"normal": int(np.sum(data.labels[idx] == 0)), "pneumonia": int(np.sum(data.labels[idx] == 1))}
                 for name, idx in zip(("train", "validation", "test"), split)
             }
-            base = section["baseline_intensity_mahalanobis"][str(seed)] = baseline(data, split, lung_area)
-            section["baseline_test_roc_auc"] = summary(section["baseline_intensity_mahalanobis"])
+            base = baseline(data, split, lung_area)
+            _record(out, header, protocol, seed, counts, base)
             print(f"{protocol} seed {seed}: baseline test AUC {base['test_roc_auc']:.3f}", flush=True)
             for name in args.detectors:
                 det, candidates = detectors(args, seed)[name]
                 images = lung_images if name in ON_LUNGS else data.images
                 result = evaluate(name, det, candidates, data, split, lung_area, images)
-                entry = section["detectors"].setdefault(name, {"runs": {}})
-                entry["runs"][str(seed)] = result
-                entry["command"] = command
-                entry["test_roc_auc"] = summary(entry["runs"])
-                entry["test_sensitivity_at_90_specificity"] = summary(entry["runs"], "test_sensitivity_at_90_specificity")
+                _record(out, header, protocol, seed, counts, base, name, result, command)
                 print(
                     f"{protocol} seed {seed} {name}: {result['chosen_score']} test AUC {result['test_roc_auc']:.3f} "
                     f"sens@90spec {result['test_sensitivity_at_90_specificity']:.3f} fit {result['fit_seconds']:.0f} s "
                     f"corr {json.dumps({k: round(v, 2) for k, v in result['normal_score_correlations'].items()})}",
                     flush=True,
                 )
-                out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(report, indent=1))
-                tmp.replace(out)
-    tmp = out.with_suffix(".tmp")
+
+
+def _record(out, header, protocol, seed, counts, base, name=None, result=None, command=None):
+    """Merge one seed's baseline (and one detector's run) into the results file.
+
+    The file is read again at every write, so commands running side by side (one
+    torch thread each) keep each other's runs; the replace is atomic."""
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.update(header)
+    section = report.setdefault(protocol, {"baseline_intensity_mahalanobis": {}, "detectors": {}})
+    section["split_counts"] = counts
+    section["baseline_intensity_mahalanobis"][str(seed)] = base
+    section["baseline_test_roc_auc"] = summary(section["baseline_intensity_mahalanobis"])
+    if name is not None:
+        entry = section["detectors"].setdefault(name, {"runs": {}})
+        entry["runs"][str(seed)] = result
+        entry["command"] = command
+        entry["test_roc_auc"] = summary(entry["runs"])
+        entry["test_sensitivity_at_90_specificity"] = summary(entry["runs"], "test_sensitivity_at_90_specificity")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out)
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from skanomaly import cli
 from skanomaly.cli import DEFAULT_DETECTOR, main
+from skanomaly.detectors import SyntheticAnomalyDetector
 from skanomaly import detectors
 from skanomaly.datasets import load_images, make_chest_phantoms
 from skanomaly.detectors import CAEDetector
@@ -246,11 +247,23 @@ def test_evaluate_reports_metrics_recomputed_from_the_score_csv(folders, model_p
     assert f"Exposure baseline (each film's mean and std only): ROC AUC {report['exposure_baseline_roc_auc']:.4f}" in printed
 
 
-def test_fit_without_a_detector_trains_the_shift_robust_default(folders, tmp_path):
+def test_fit_without_a_detector_trains_the_shift_robust_recipe(folders, tmp_path):
+    """No --detector: the lung fields (after the steps given), opacities only; a
+    --detector named is trained with its own defaults and no added step."""
     model = tmp_path / "default.skan"
-    assert main(["fit", *_params(base_channels=4, depth=2, max_epochs=1), "--train", str(folders / "train"),
+    small = _params(base_channels=4, depth=2, max_epochs=1)
+    assert main(["fit", *small, "--step", "Resize:size=32", "--train", str(folders / "train"),
                  "--out", str(model), "-q"]) == 0
-    assert type(load_model(model)).__name__ == DEFAULT_DETECTOR == "SyntheticAnomalyDetector"
+    recipe = load_model(model)
+    assert [type(step).__name__ for step in recipe[:-1]] == ["Resize", "LungMasker"]
+    assert type(recipe[-1]).__name__ == DEFAULT_DETECTOR == "SyntheticAnomalyDetector"
+    assert recipe[-1].anomaly_kinds == "opacity" and recipe[-1].net_.anomaly_kinds == ("opacity",)
+    plain = tmp_path / "plain.skan"
+    assert main(["fit", "--detector", "syntheticanomaly", *small, "--train", str(folders / "train"),
+                 "--out", str(plain), "-q"]) == 0
+    detector = load_model(plain)
+    assert type(detector).__name__ == "SyntheticAnomalyDetector"
+    assert detector.anomaly_kinds == SyntheticAnomalyDetector().anomaly_kinds
 
 
 def test_csv_input_with_class_names_and_config_files(folders, tmp_path):

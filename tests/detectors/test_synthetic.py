@@ -137,6 +137,7 @@ def test_loss_is_the_cross_entropy_over_roi_pixels_and_scores_reduce_the_map():
         (dict(anomaly_score=("topk", 0)), "integer k >= 1"),
         (dict(anomaly_kinds=("patch", "blob")), "anomaly_kinds=.* is not valid"),
         (dict(anomaly_kinds=()), "non-empty"),
+        (dict(anomaly_kinds="blob"), "anomaly_kinds"),
     ],
 )
 def test_bad_parameters_are_refused_with_the_fix(params, match):
@@ -148,6 +149,17 @@ def test_bad_parameters_are_refused_with_the_fix(params, match):
 
 
 # ------------------------------------------------------------------ detector
+def test_one_anomaly_kind_named_alone_trains_as_its_one_element_tuple():
+    X, _ = _phantoms(32)
+    alone = SyntheticAnomalyDetector(**SMALL, anomaly_kinds="opacity").fit(X)
+    as_tuple = SyntheticAnomalyDetector(**SMALL, anomaly_kinds=("opacity",)).fit(X)
+    both = SyntheticAnomalyDetector(**SMALL).fit(X)
+    assert alone.net_.anomaly_kinds == ("opacity",)
+    np.testing.assert_array_equal(alone.score_samples(X), as_tuple.score_samples(X))
+    # The kind drawn changes what is pasted, so training on both kinds differs.
+    assert not np.array_equal(alone.score_samples(X), both.score_samples(X))
+
+
 def test_scores_are_unchanged_by_exposure_and_contrast_with_equalisation():
     """The claim the design rests on: a film exposed differently (gamma, window, gain)
     scores as before. Without the normalisation it does not."""
