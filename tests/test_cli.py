@@ -465,6 +465,47 @@ def test_ctrl_c_in_any_training_stage_exits_130_and_writes_nothing(name, stage, 
         assert LAST_STAGE_NET.get(name, nets[0]) in nets  # the interrupt reached that stage
 
 
+@pytest.mark.parametrize("stage", ["masking", "training"])
+def test_ctrl_c_in_the_default_recipe_exits_130_and_writes_nothing(stage, folders, tmp_path, monkeypatch, capsys):
+    """Without --detector the CLI fits a pipeline (LungMasker, then the detector): an
+    interrupt while the masker segments the films or while the detector trains behind
+    it writes nothing."""
+    import signal
+
+    from skorch import NeuralNet
+
+    from skanomaly.preprocessing import LungMasker
+
+    reached = []
+    if stage == "masking":
+        original = LungMasker._transform_images
+
+        def interrupt_during(self, images):
+            reached.append(stage)
+            signal.raise_signal(signal.SIGINT)
+            return original(self, images)
+
+        monkeypatch.setattr(LungMasker, "_transform_images", interrupt_during)
+    else:
+        original = NeuralNet.notify
+
+        def interrupt_during(self, method_name, **kwargs):
+            original(self, method_name, **kwargs)
+            if method_name == "on_batch_end" and kwargs.get("training") and not reached:
+                reached.append(stage)
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(NeuralNet, "notify", interrupt_during)
+    out = tmp_path / "model.skan"
+    code = main(["fit", *_params(base_channels=4, depth=2, max_epochs=1), "--train", str(folders / "train"),
+                 "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert reached == [stage]
+    assert code == 130, err
+    assert "interrupted; nothing written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version_and_singular_messages(folders, tmp_path, capsys):
     import skanomaly
 
