@@ -21,7 +21,10 @@ on a new machine. (Film size cannot be measured here: the files were all resized
 
 Detectors (``--detectors``): SyntheticAnomalyDetector, its variants ``[lungs]`` (the
 films behind the packaged LungMasker), ``[opacity]`` and ``[lungs, opacity]`` (whole
-films and lung fields with opacities as the only synthetic anomaly), ``[standardize]`` and ``[none]``; CAEDetector and
+films and lung fields with opacities as the only synthetic anomaly), the recipe's
+variants ``[lungs, mottled]``, ``[lungs, opacity+mottled]`` (textured opacities) and
+``[lungs, opacity, geometric augmentation]`` (``augment="hflip-affine"``),
+``[standardize]`` and ``[none]``; CAEDetector and
 its cures (``[CLAHE]``, ``[equalize]``, ``[no augmentation]``); VAEDetector; and the
 seed papers' GANs at bench_pediatric.py's CPU settings
 (``OneClassAdversarialDetector[U+D+E]`` and its ablations, ``HealthyGAN``,
@@ -30,7 +33,9 @@ seed papers' GANs at bench_pediatric.py's CPU settings
     python benchmarks/bench_shift.py --data-dir ../shared/data/pediatric_cxr \\
         --detectors SyntheticAnomalyDetector --seeds 0 1 2 3 4
 
-Writes (updates) benchmarks/results/shift.json; runs of other detectors are kept.
+Writes (updates) benchmarks/results/shift.json (or ``--out``); runs of other detectors
+are kept. ``--scores-dir`` also saves each run's validation and test scores, which
+``bench_shift_scores.py`` reads (seed ensembles, exposure-adjusted scores).
 """
 
 import argparse
@@ -84,7 +89,9 @@ def shift_protocol(data, seed, held_out_fraction):
 # Detectors that score the lung fields only: they get the films behind the packaged
 # LungMasker (NaN outside the lungs), computed once for all seeds. The same as a
 # Pipeline([("lungs", LungMasker()), ...]), whose masker learns nothing from the data.
-ON_LUNGS = {"SyntheticAnomalyDetector[lungs]", "SyntheticAnomalyDetector[lungs, opacity]"}
+ON_LUNGS = {"SyntheticAnomalyDetector[lungs]", "SyntheticAnomalyDetector[lungs, opacity]",
+            "SyntheticAnomalyDetector[lungs, mottled]", "SyntheticAnomalyDetector[lungs, opacity+mottled]",
+            "SyntheticAnomalyDetector[lungs, opacity, geometric augmentation]"}
 
 
 def detectors(args, seed):
@@ -109,6 +116,13 @@ def detectors(args, seed):
         # Pneumonia is an opacity; a foreign patch may teach what pneumonia does not look like.
         "SyntheticAnomalyDetector[lungs, opacity]": (
             SyntheticAnomalyDetector(anomaly_kinds=("opacity",), **synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[lungs, mottled]": (
+            SyntheticAnomalyDetector(anomaly_kinds=("mottled",), **synthetic), synthetic_scores),
+        "SyntheticAnomalyDetector[lungs, opacity+mottled]": (
+            SyntheticAnomalyDetector(anomaly_kinds=("opacity", "mottled"), **synthetic), synthetic_scores),
+        # Rotations, scaling and shifts as well as flips: another patient's size and position.
+        "SyntheticAnomalyDetector[lungs, opacity, geometric augmentation]": (
+            SyntheticAnomalyDetector(anomaly_kinds=("opacity",), augment="hflip-affine", **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[standardize]": (
             SyntheticAnomalyDetector(normalization="standardize", **synthetic), synthetic_scores),
         "SyntheticAnomalyDetector[none]": (SyntheticAnomalyDetector(normalization=None, **synthetic),
@@ -185,6 +199,10 @@ def evaluate(name, det, candidates, data, split, lung_area, images):
         "normal_score_correlations": correlations(-scores[y_test == 0], film_statistics(data, normals, lung_area)),
         "fit_seconds": fit_seconds,
         "score_images_per_second": len(candidates) * len(test) / score_seconds,
+        # Not stored in the JSON (main writes them with --scores-dir): the chosen
+        # score of every validation and test film, for ensembles and paired tests.
+        "_scores": {"validation": det.score_samples(images[validation]), "test": scores,
+                    "validation_index": validation, "test_index": test},
     }
 
 
@@ -227,6 +245,7 @@ def main(argv=None):
                         help="training seeds; also the seed of each protocol's validation draw")
     parser.add_argument("--detectors", nargs="+", default=["SyntheticAnomalyDetector"])
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--scores-dir", help="also save each run's validation and test scores here (npz)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -258,6 +277,10 @@ def main(argv=None):
                 det, candidates = detectors(args, seed)[name]
                 images = lung_images if name in ON_LUNGS else data.images
                 result = evaluate(name, det, candidates, data, split, lung_area, images)
+                film_scores = result.pop("_scores")
+                if args.scores_dir:
+                    Path(args.scores_dir).mkdir(parents=True, exist_ok=True)
+                    np.savez(Path(args.scores_dir) / f"{protocol}_{name}_{seed}.npz", **film_scores)
                 _record(out, header, protocol, seed, counts, base, name, result, command)
                 print(
                     f"{protocol} seed {seed} {name}: {result['chosen_score']} test AUC {result['test_roc_auc']:.3f} "

@@ -16,7 +16,7 @@ from .random import rand
 
 __all__ = ["augment_batch", "AUGMENTATIONS"]
 
-AUGMENTATIONS = ("default", "advanced", "hflip")
+AUGMENTATIONS = ("default", "advanced", "hflip", "hflip-affine")
 
 
 def _flip(x, dim, generator):
@@ -28,6 +28,9 @@ def augment_batch(x, mode, generator):
     """Augment a batch as the paper does.
 
     ``"hflip"``: horizontal flips with probability 0.5 (f-AnoGAN's GAN training).
+    ``"hflip-affine"``: horizontal flips, then "advanced"'s scaling and rotation, with
+    neither vertical flips nor brightness (anatomically plausible films: another
+    patient's size and pose).
     ``"default"``: horizontal and vertical flips, each with probability 0.5.
     ``"advanced"``: the flips, then, each with probability 0.5, brightness x U(0.8, 1.2),
     independent x/y scaling by U(0.8, 1.2) and rotation by U(-20, 20) degrees.
@@ -38,23 +41,29 @@ def augment_batch(x, mode, generator):
         return x
     if mode == "hflip":
         return _flip(x, -1, generator)
+    if mode == "hflip-affine":
+        return _scale_and_rotate(_flip(x, -1, generator), generator)
     x = _flip(_flip(x, -1, generator), -2, generator)
     if mode == "default":
         return x
-    batch = x.shape[0]
+    brightness = 1 + _coin(x, generator) * (_uniform(x, 0.8, 1.2, generator) - 1)
+    return _scale_and_rotate(x * brightness[:, None, None, None], generator)
 
-    def coin():
-        return (rand(batch, generator, device=x.device) < 0.5).to(x.dtype)
 
-    def uniform(low, high):
-        return low + (high - low) * rand(batch, generator, device=x.device, dtype=x.dtype)
+def _coin(x, generator):
+    return (rand(x.shape[0], generator, device=x.device) < 0.5).to(x.dtype)
 
-    brightness = 1 + coin() * (uniform(0.8, 1.2) - 1)
-    x = x * brightness[:, None, None, None]
-    scale_on = coin()
-    scale_x = 1 + scale_on * (uniform(0.8, 1.2) - 1)
-    scale_y = 1 + scale_on * (uniform(0.8, 1.2) - 1)
-    angle = coin() * uniform(-20, 20) * math.pi / 180
+
+def _uniform(x, low, high, generator):
+    return low + (high - low) * rand(x.shape[0], generator, device=x.device, dtype=x.dtype)
+
+
+def _scale_and_rotate(x, generator):
+    """Each with probability 0.5: x/y scaling by U(0.8, 1.2), rotation by U(-20, 20) degrees."""
+    scale_on = _coin(x, generator)
+    scale_x = 1 + scale_on * (_uniform(x, 0.8, 1.2, generator) - 1)
+    scale_y = 1 + scale_on * (_uniform(x, 0.8, 1.2, generator) - 1)
+    angle = _coin(x, generator) * _uniform(x, -20, 20, generator) * math.pi / 180
     cos, sin = torch.cos(angle), torch.sin(angle)
     # affine_grid maps output to input coordinates, hence the inverse scale.
     theta = torch.stack(

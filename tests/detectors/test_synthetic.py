@@ -108,6 +108,19 @@ def test_opacities_only_whiten_and_are_labelled_where_they_are():
     assert torch.all(target[~roi] == 0)
 
 
+def test_mottled_opacities_are_the_smooth_ones_modulated_by_a_texture():
+    # Same draws up to the texture (drawn last), so the mottled opacity is the smooth one
+    # times a texture in [0, 1] that varies inside the region.
+    x, roi = _batch(3, shape=(6, 1, 32, 32))
+    smooth, smooth_target = synthesize_anomalies(x, roi, make_generator(1), kinds=("opacity",), probability=1.0)
+    mottled, mottled_target = synthesize_anomalies(x, roi, make_generator(1), kinds=("mottled",), probability=1.0)
+    assert torch.all(mottled >= x - 1e-7) and torch.all(mottled <= smooth + 1e-6)
+    assert torch.all(mottled_target <= smooth_target + 1e-6) and torch.all(mottled_target[~roi] == 0)
+    labelled = smooth_target > 0
+    texture = mottled_target[labelled] / smooth_target[labelled]
+    assert texture.min() >= 0 and texture.max() <= 1 + 1e-6 and texture.std() > 0.05
+
+
 def test_synthesis_is_reproducible_and_probability_zero_pastes_nothing():
     x, roi = _batch(4)
     a = synthesize_anomalies(x, roi, make_generator(5))

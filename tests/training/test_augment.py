@@ -73,3 +73,25 @@ def test_no_augmentation_returns_the_batch(mode):
     x = torch.rand(2, 1, 4, 4)
     assert augment_batch(x, mode, make_generator(0)) is x
     assert math.isfinite(float(x.sum()))
+
+
+def test_hflip_affine_mode_scales_and_rotates_without_vertical_flips_or_brightness():
+    x, inside = _disc_batch(n=64)
+    out = augment_batch(x, "hflip-affine", make_generator(2))
+    roi = ~torch.isnan(out)
+    area = roi.flatten(1).sum(1).float()
+    assert (area >= 0.6 * inside.sum()).all() and (area <= 1.5 * inside.sum()).all()
+    assert (area != inside.sum()).any()
+    # No brightness change: inside the ROI, away from its rim, every value stays 0.5.
+    core = roi.clone()
+    for shift in (1, -1):
+        for dim in (-1, -2):
+            core &= roi.roll(shift, dim)
+    torch.testing.assert_close(out[core], torch.full_like(out[core], 0.5), atol=1e-5, rtol=0)
+    # An upright film stays upright: an asymmetric top/bottom pattern keeps its side.
+    top_heavy = torch.zeros(64, 1, 32, 32)
+    top_heavy[:, :, 4:12, 8:24] = 1.0
+    moved = augment_batch(top_heavy, "hflip-affine", make_generator(2)).nan_to_num()
+    rows = torch.arange(32).float()[:, None]
+    centroid_y = (moved[:, 0] * rows).flatten(1).sum(1) / moved[:, 0].flatten(1).sum(1)
+    assert (centroid_y < 15.5).all()

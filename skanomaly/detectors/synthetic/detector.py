@@ -51,10 +51,12 @@ class SyntheticAnomalyDetector(BaseDeepDetector):
         Intensity normalisation of each film over its ROI before the network:
         histogram equalisation (invariant to any monotone grey-scale change),
         standardisation (zero mean, unit variance), or none.
-    anomaly_kinds : tuple of {"patch", "opacity"}, default=("patch", "opacity")
-        Synthetic anomalies to train on: foreign patch interpolation and smooth
-        opacities; one kind may be named alone (``"opacity"``, as the command line's
-        ``--param anomaly_kinds=opacity`` gives it).
+    anomaly_kinds : tuple of {"patch", "opacity", "mottled"}, default=("patch", "opacity")
+        Synthetic anomalies to train on: foreign patch interpolation, smooth
+        opacities, and opacities modulated by a smooth random texture ("mottled",
+        not better than the smooth ones on the pediatric films); one kind may be named
+        alone (``"opacity"``, as the command line's ``--param anomaly_kinds=opacity``
+        gives it).
     anomaly_probability : float in (0, 1], default=0.75
         Share of training films given an anomaly; the rest teach that normal films
         hold none.
@@ -64,9 +66,11 @@ class SyntheticAnomalyDetector(BaseDeepDetector):
         Image score from the per-pixel predicted anomaly: its mean over the ROI (best on
         the pediatric validation split, diffuse disease), the mean of the ``k``
         largest values (small lesions), or the maximum.
-    augment : {"hflip", "default"} or None, default="hflip"
+    augment : {"hflip", "hflip-affine", "default"} or None, default="hflip"
         Geometric training augmentation (:func:`skanomaly.training.augment.augment_batch`);
-        "hflip" mirrors the chest, which keeps anatomy plausible.
+        "hflip" mirrors the chest, which keeps anatomy plausible; "hflip-affine" also
+        scales and rotates it (another patient's size and pose); "default" adds
+        vertical flips.
     lr : float, default=1e-3
         Adam learning rate.
     batch_size : int, default=32
@@ -131,7 +135,7 @@ class SyntheticAnomalyDetector(BaseDeepDetector):
         "anomaly_probability": [Interval(Real, 0, 1, closed="right")],
         "max_anomaly_size": [Interval(Real, 0, 0.5, closed="right")],
         "anomaly_score": [str, tuple, list],
-        "augment": [StrOptions({"hflip", "default"}), None],
+        "augment": [StrOptions({"hflip", "hflip-affine", "default"}), None],
     }
 
     def __init__(

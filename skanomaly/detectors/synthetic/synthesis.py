@@ -14,6 +14,11 @@ with every random draw from the net's generator (never torch's global one):
 * ``"opacity"``: a smooth brightening, ``x' = x + a g (1 - x)`` with ``g`` a Gaussian
   bump over the region (a consolidation or effusion is whiter than the aerated lung
   it replaces); the target is ``a g`` where ``g > 0.1``.
+* ``"mottled"``: the same opacity with its strength modulated by a smooth random
+  texture ``t`` in ``[0, 1]`` (an 8 x 8 grid of uniform draws, bilinearly enlarged),
+  ``x' = x + a g t (1 - x)``, as patchy consolidation is; the target is ``a g t``
+  where ``g > 0.1``. Measured on the pediatric shift protocol, it did not beat the
+  smooth opacity (``benchmarks/README.md``).
 
 The region's semi-axes are drawn between ``side / 16`` and ``max_size * side`` and its
 centre anywhere in the middle 3/4 of the film; pixels outside the region of interest
@@ -26,13 +31,14 @@ from ...training.random import rand
 
 __all__ = ["ANOMALY_KINDS", "synthesize_anomalies"]
 
-ANOMALY_KINDS = ("patch", "opacity")
+ANOMALY_KINDS = ("patch", "opacity", "mottled")
 
 # Below this blend factor a pasted region is invisible at 8 bits; FPI draws from
 # (0, 1) and keeps the target, so the lower bound only avoids near-empty targets.
 _MIN_ALPHA = 0.05
 # Where the opacity bump falls below this fraction of its peak it is not labelled.
 _OPACITY_SUPPORT = 0.1
+_TEXTURE_GRID = 8
 
 
 def _uniform(n, low, high, generator, device):
@@ -49,7 +55,7 @@ def synthesize_anomalies(x, roi, generator, *, kinds=ANOMALY_KINDS, probability=
     roi : torch.Tensor of bool, shape (B, 1, H, W)
     generator : torch.Generator
         CPU generator every draw comes from.
-    kinds : sequence of {"patch", "opacity"}
+    kinds : sequence of {"patch", "opacity", "mottled"}
         Kinds to draw from, with equal probability.
     probability : float
         Chance that an image gets an anomaly (the others keep target 0, so the
@@ -95,10 +101,19 @@ def synthesize_anomalies(x, roi, generator, *, kinds=ANOMALY_KINDS, probability=
         blend = torch.where(region & is_patch, alpha, torch.zeros_like(alpha))
         new = (1 - blend) * new + blend * other
         target = torch.maximum(target, blend)
+    bump = torch.exp(-2.0 * distance)
+
+    def whiten(new, target, kind_name, texture=1.0):
+        selected = chosen & (kind == kinds.index(kind_name)) & inside
+        amount = torch.where(selected, alpha * bump * texture, torch.zeros_like(bump))
+        labelled = torch.where(bump > _OPACITY_SUPPORT, amount, torch.zeros_like(amount))
+        return new + amount * (1 - new), torch.maximum(target, labelled)
+
     if "opacity" in kinds:
-        bump = torch.exp(-2.0 * distance)
-        is_opacity = chosen & (kind == kinds.index("opacity"))
-        amount = torch.where(is_opacity & inside, alpha * bump, torch.zeros_like(bump))
-        new = new + amount * (1 - new)
-        target = torch.maximum(target, torch.where(bump > _OPACITY_SUPPORT, amount, torch.zeros_like(amount)))
+        new, target = whiten(new, target, "opacity")
+    if "mottled" in kinds:
+        # Low-frequency texture: an 8 x 8 grid of uniform draws, bilinearly enlarged.
+        grid = rand((batch, 1, _TEXTURE_GRID, _TEXTURE_GRID), generator, device=device, dtype=x.dtype)
+        texture = torch.nn.functional.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
+        new, target = whiten(new, target, "mottled", texture[:, 0])
     return new[:, None], target[:, None]

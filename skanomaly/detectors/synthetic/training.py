@@ -23,7 +23,7 @@ class SyntheticAnomalyNet(ROINet):
 
     Parameters
     ----------
-    anomaly_kinds : sequence of {"patch", "opacity"}
+    anomaly_kinds : sequence of {"patch", "opacity", "mottled"}
     anomaly_probability : float
     max_anomaly_size : float
         Passed to :func:`~skanomaly.detectors.synthetic.synthesis.synthesize_anomalies`.
