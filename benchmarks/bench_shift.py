@@ -173,22 +173,22 @@ def evaluate(name, det, candidates, data, split, lung_area, images):
     start = time.perf_counter()
     det.fit(X, y)
     fit_seconds = time.perf_counter() - start
-    val_auc, test_scores = {}, {}
+    val_scores, val_auc, test_scores = {}, {}, {}
     score_seconds = 0.0
     for score in candidates:
         _set_score(det, score)
         key = json.dumps(score)
-        val_auc[key] = anomaly_roc_auc(y_val, det.score_samples(images[validation]))
+        val_scores[key] = det.score_samples(images[validation])
+        val_auc[key] = anomaly_roc_auc(y_val, val_scores[key])
         start = time.perf_counter()
         test_scores[key] = det.score_samples(images[test])
         score_seconds += time.perf_counter() - start
     chosen = max(val_auc, key=val_auc.get)
-    _set_score(det, json.loads(chosen) if chosen.startswith('"') else tuple(json.loads(chosen)))
-    cut = youden_cutoff(y_val, det.score_samples(images[validation]))
+    cut = youden_cutoff(y_val, val_scores[chosen])
     scores = test_scores[chosen]
     flagged = scores <= cut["threshold"]
     normals = test[y_test == 0]
-    return {
+    result = {
         "chosen_score": chosen,
         "validation_roc_auc_per_score": val_auc,
         "test_roc_auc": anomaly_roc_auc(y_test, scores),
@@ -199,11 +199,12 @@ def evaluate(name, det, candidates, data, split, lung_area, images):
         "normal_score_correlations": correlations(-scores[y_test == 0], film_statistics(data, normals, lung_area)),
         "fit_seconds": fit_seconds,
         "score_images_per_second": len(candidates) * len(test) / score_seconds,
-        # Not stored in the JSON (main writes them with --scores-dir): the chosen
-        # score of every validation and test film, for ensembles and paired tests.
-        "_scores": {"validation": det.score_samples(images[validation]), "test": scores,
-                    "validation_index": validation, "test_index": test},
     }
+    # Not for the JSON (main saves them with --scores-dir): the chosen score of every
+    # validation and test film, for ensembles and paired comparisons.
+    film_scores = {"validation": val_scores[chosen], "test": scores, "validation_index": validation,
+                   "test_index": test}  # fmt: skip
+    return result, film_scores
 
 
 def baseline(data, split, lung_area):
@@ -276,11 +277,9 @@ def main(argv=None):
             for name in args.detectors:
                 det, candidates = detectors(args, seed)[name]
                 images = lung_images if name in ON_LUNGS else data.images
-                result = evaluate(name, det, candidates, data, split, lung_area, images)
-                film_scores = result.pop("_scores")
+                result, film_scores = evaluate(name, det, candidates, data, split, lung_area, images)
                 if args.scores_dir:
-                    Path(args.scores_dir).mkdir(parents=True, exist_ok=True)
-                    np.savez(Path(args.scores_dir) / f"{protocol}_{name}_{seed}.npz", **film_scores)
+                    _save_scores(Path(args.scores_dir) / f"{protocol}_{name}_{seed}.npz", film_scores)
                 _record(out, header, protocol, seed, counts, base, name, result, command)
                 print(
                     f"{protocol} seed {seed} {name}: {result['chosen_score']} test AUC {result['test_roc_auc']:.3f} "
@@ -311,6 +310,14 @@ def _record(out, header, protocol, seed, counts, base, name=None, result=None, c
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out)
+
+
+def _save_scores(path, film_scores):
+    """Write one run's scores whole or not at all (an interrupt leaves no partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **film_scores)
+    tmp.replace(path)
 
 
 def _lung_fields(images):

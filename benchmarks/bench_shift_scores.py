@@ -19,6 +19,7 @@ detector:
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections import defaultdict
@@ -94,7 +95,9 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_shift_scores.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out.write_text(json.dumps({"command": command, "runs": report}, indent=1))
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"command": command, "runs": report}, indent=1))
+    tmp.replace(out)  # whole or not at all
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ def _disc_batch(n=32, size=32):
     return image.expand(n, 1, size, size).clone(), inside
 
 
+def _away_from_rim(roi):
+    """ROI pixels whose four neighbours are in the ROI too (no interpolation with outside)."""
+    core = roi.clone()
+    for shift in (1, -1):
+        for dim in (-1, -2):
+            core &= roi.roll(shift, dim)
+    return core
+
+
 def test_default_mode_is_flips_that_carry_the_nan_band():
     x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     x[:, :, :, :2] = float("nan")
@@ -48,10 +57,7 @@ def test_advanced_mode_moves_the_roi_with_the_image():
     assert (centroid_x < 15.5).any() and (centroid_x > 15.5).any()
     # Inside the ROI, away from its rim, every value is 0.5 times the brightness
     # factor (U(0.8, 1.2)): no pixel from outside the ROI leaks in.
-    core = roi.clone()
-    for shift in (1, -1):
-        for dim in (-1, -2):
-            core &= roi.roll(shift, dim)
+    core = _away_from_rim(roi)
     for i in range(len(out)):
         values = out[i][core[i]]
         assert values.numel() > 0
@@ -83,10 +89,7 @@ def test_hflip_affine_mode_scales_and_rotates_without_vertical_flips_or_brightne
     assert (area >= 0.6 * inside.sum()).all() and (area <= 1.5 * inside.sum()).all()
     assert (area != inside.sum()).any()
     # No brightness change: inside the ROI, away from its rim, every value stays 0.5.
-    core = roi.clone()
-    for shift in (1, -1):
-        for dim in (-1, -2):
-            core &= roi.roll(shift, dim)
+    core = _away_from_rim(roi)
     torch.testing.assert_close(out[core], torch.full_like(out[core], 0.5), atol=1e-5, rtol=0)
     # An upright film stays upright: an asymmetric top/bottom pattern keeps its side.
     top_heavy = torch.zeros(64, 1, 32, 32)
